@@ -1,0 +1,33 @@
+# `make test` and `make demo` create .venv when it is missing and install the package into it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONSTRAINTS := envs/constraints-cpu.txt
+JOBS ?= 2
+
+.PHONY: test demo venv lint clean-demo bench
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/local --cores $(JOBS)
+	@echo; cat results/cv_table.md
+
+lint: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+clean-demo:
+	rm -rf results/Demo*

@@ -1,0 +1,3 @@
+from scnas.cli import main
+
+raise SystemExit(main())
