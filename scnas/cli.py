@@ -1,5 +1,356 @@
-"""The `scnas` command."""
+"""The `scnas` command: one subcommand per pipeline stage, the same functions the Snakemake rules call.
+
+Every stage validates its input first and fails with one line naming the file, case or key, exit 1,
+never a traceback (set SCNAS_DEBUG=1 for one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from scnas import __version__
+from scnas.errors import ScnasError
+
+log = logging.getLogger("scnas")
 
 
-def main(argv=None) -> int:
-    raise SystemExit("scnas: the command line is being built")
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S", force=True)
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+def stage_config(args: argparse.Namespace):
+    """The stage settings: --config files/inline JSON merged, with --task's overrides applied."""
+    from scnas import config as cfgmod
+
+    sources = args.config or []
+    merged: dict = {}
+    for src in sources:
+        merged = cfgmod.deep_merge(merged, cfgmod.read_config_source(src))
+    if merged.get("tasks"):
+        cfg = cfgmod.from_dict(merged)
+        return cfg.stage(args.task) if args.task else cfg.stage()
+    return cfgmod.stage_from_dict(merged)
+
+
+def launcher_config(args: argparse.Namespace, stage):
+    if getattr(args, "launcher", None):
+        from scnas import config as cfgmod
+
+        return cfgmod.stage_from_dict({"launcher": cfgmod.read_config_source(args.launcher)}).launcher
+    return stage.launcher
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from scnas.data.synthetic import make_synthetic_task
+
+    out = make_synthetic_task(args.kind, Path(args.out), cases=args.cases, seed=args.seed, size=args.size,
+                              shape=tuple(args.shape) if args.shape else None,
+                              spacing=tuple(args.spacing) if args.spacing else None, progress=True)
+    log.info("wrote synthetic %s task with %d cases to %s", args.kind, args.cases, out)
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from scnas.data.check import check_dataset
+    from scnas.io import write_json
+
+    dataset, problems = check_dataset(Path(args.dataset), threads=args.threads, progress=True)
+    if problems:
+        for line in problems:
+            print(line, file=sys.stderr)
+        raise ScnasError(f"{args.dataset}: {len(problems)} problem{'s' if len(problems) > 1 else ''} found")
+    log.info("%s: %d cases, %d channels (%s), labels %s: all good", args.dataset, len(dataset.cases),
+             dataset.num_channels, ", ".join(dataset.modalities), dataset.labels)
+    if args.report:
+        write_json(args.report, {"dataset": str(args.dataset), "name": dataset.name, "cases": list(dataset.case_ids),
+                                 "modalities": list(dataset.modalities),
+                                 "labels": {str(k): v for k, v in dataset.labels.items()}})
+
+
+def cmd_splits(args: argparse.Namespace) -> None:
+    from scnas.data.dataset import parse_dataset
+    from scnas.data.splits import import_splits, make_splits, write_splits
+
+    dataset = parse_dataset(Path(args.dataset))
+    if args.nnunet:
+        splits = import_splits(args.nnunet, dataset.case_ids, args.folds)
+        log.info("imported nnU-Net splits from %s", args.nnunet)
+    else:
+        splits = make_splits(dataset.case_ids, args.folds, args.seed)
+    write_splits(args.out, splits)
+    log.info("wrote %d folds to %s", len(splits), args.out)
+
+
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from scnas.data.check import validate_dataset
+    from scnas.data.plans import make_plans
+    from scnas.data.preprocess import preprocess_dataset
+    from scnas.io import read_json
+
+    stage = stage_config(args)
+    pre = stage.preprocess
+    if args.spacing:
+        pre = dataclasses.replace(pre, spacing=tuple(args.spacing))
+    threads = args.threads or pre.threads
+    dataset = validate_dataset(Path(args.dataset), case_ids=args.case, threads=threads)
+    out = Path(args.out)
+    plans_path = out / "plans.json"
+    if args.case and plans_path.exists():
+        plans = read_json(plans_path)
+    else:
+        plans = make_plans(dataset, pre, stage.plan, threads=threads)
+    preprocess_dataset(dataset, plans, out, case_ids=args.case, threads=threads, progress=True)
+    log.info("preprocessed %d cases into %s (spacing %s, patch %s)", len(args.case or dataset.cases), out,
+             plans["target_spacing"], plans["patch_size"])
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    stage = stage_config(args)
+    _run_heavy(args, stage, "search", "scnas.launch.targets:search_target", {
+        "preprocessed": args.preprocessed, "splits": args.splits, "fold": args.fold, "out_dir": args.out,
+        "task": args.task or "",
+    })
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    stage = stage_config(args)
+    if args.model != "uresnet" and not args.genotype:
+        raise ScnasError(f"--model {args.model}: needs --genotype FILE (a genotype.json from `scnas search`)")
+    if args.genotype:
+        from scnas.nas.genotype import load_genotype
+
+        load_genotype(args.genotype)
+    _run_heavy(args, stage, "train", "scnas.launch.targets:train_target", {
+        "preprocessed": args.preprocessed, "splits": args.splits, "fold": args.fold, "out_dir": args.out,
+        "model": args.model, "genotype": args.genotype,
+    })
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    stage = stage_config(args)
+    images = list(args.images or [])
+    if args.fold is not None:
+        if not (args.dataset and args.splits):
+            raise ScnasError("--fold: also give --dataset and --splits to predict a fold's validation cases")
+        from scnas.data.dataset import parse_dataset
+        from scnas.data.splits import fold_cases, load_splits
+
+        dataset = parse_dataset(Path(args.dataset))
+        _, val = fold_cases(load_splits(args.splits), args.fold, args.splits)
+        images += [str(dataset.case(c).image) for c in val]
+    if not images:
+        raise ScnasError("nothing to predict: give --images FILE_OR_DIR ... or --dataset/--splits/--fold")
+    from scnas.train.checkpoint import load_model_checkpoint
+
+    load_model_checkpoint(args.model)
+    _run_heavy(args, stage, "predict", "scnas.launch.targets:predict_target", {
+        "checkpoint": args.model, "images": images, "out_dir": args.out,
+    })
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from scnas.data.dataset import parse_dataset
+    from scnas.data.splits import fold_cases, load_splits
+    from scnas.evaluation.metrics import evaluate_cases
+    from scnas.io import read_json
+
+    stage = stage_config(args)
+    dataset = parse_dataset(Path(args.dataset))
+    pred_dir = Path(args.predictions)
+    if args.fold is not None:
+        if not args.splits:
+            raise ScnasError("--fold: also give --splits")
+        _, cases = fold_cases(load_splits(args.splits), args.fold, args.splits)
+    elif args.cases:
+        cases = args.cases
+    else:
+        manifest = pred_dir / "predictions.json"
+        if not manifest.exists():
+            raise ScnasError(f"{manifest}: not found; name the cases with --cases or --splits/--fold")
+        cases = list(read_json(manifest)["cases"])
+    pairs = []
+    for case_id in cases:
+        pred = pred_dir / f"{case_id}.nii.gz"
+        if not pred.exists():
+            raise ScnasError(f"{pred}: prediction for case {case_id} not found")
+        pairs.append((case_id, pred, dataset.case(case_id).label))
+    df = evaluate_cases(pairs, dataset.labels, Path(args.out), percentile=stage.evaluation.hd_percentile,
+                        threads=args.threads)
+    log.info("evaluated %d cases: mean Dice %s", len(cases),
+             df.groupby("label_name")["dice"].mean().round(4).to_dict())
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    from scnas.evaluation.study import find_metrics, parse_metrics_paths, write_study_tables
+
+    if args.metrics:
+        found = parse_metrics_paths(args.metrics)
+    elif args.results:
+        found = find_metrics(Path(args.results), tasks=args.task, models=args.model, folds=args.folds)
+    else:
+        raise ScnasError("give --results DIR or --metrics FILE ...")
+    prefix = Path(args.out) if args.out else Path(args.results) / "cv_table"
+    written = write_study_tables(found, prefix)
+    for path in written:
+        log.info("wrote %s", path)
+    if args.print:
+        md = [p for p in written if p.suffix == ".md"]
+        if md:
+            print(md[-1].read_text())
+
+
+def _run_heavy(args: argparse.Namespace, stage, rule: str, target: str, kwargs: dict) -> None:
+    """Hand a heavy stage to the launcher (in-process, local submitit, or SLURM)."""
+    from scnas.config import dataclass_to_dict
+    from scnas.launch import Job, run_job
+
+    launcher = launcher_config(args, stage)
+    out = Path(kwargs["out_dir"])
+    job = Job(name=f"scnas-{rule}-{out.parent.name}-{out.name}" if rule != "predict" else f"scnas-predict-{out.parent.name}",
+              target=target, kwargs={**kwargs, "stage": dataclass_to_dict(stage)},
+              resources=launcher.resources(rule), log_dir=out.parent / "logs" / out.name,
+              checkpointable=rule != "predict")
+    result = run_job(job, launcher)
+    if result is not None:
+        log.info("%s finished: %s", rule, json.dumps(result, default=str))
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
+    if config:
+        p.add_argument("--config", action="append", metavar="FILE_OR_JSON",
+                       help="config file (YAML/JSON) or inline JSON; repeat to layer several, later ones win")
+        p.add_argument("--task", help="the task's name; its overrides apply when the config lists tasks")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _heavy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--launcher", metavar="JSON", help="launcher settings (overrides the config's launcher section)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scnas", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"scnas {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="generate a synthetic MSD-format task")
+    p.add_argument("--kind", required=True, choices=["brain", "heart", "lung"])
+    p.add_argument("--cases", type=int, default=10)
+    p.add_argument("--out", required=True, help="task folder to create")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=48, help="approximate edge length in voxels")
+    p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="exact shape of every case")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="exact spacing (mm) of every case")
+    _common(p, config=False)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("check", help="validate an MSD task folder; reports every problem")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--report", help="write a JSON summary here when the dataset is valid")
+    _common(p, config=False)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("splits", help="5-fold cross-validation splits (or import nnU-Net's)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True, help="splits_final.json to write")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nnunet", metavar="SPLITS_JSON", help="use this nnU-Net splits_final.json verbatim (checked)")
+    _common(p, config=False)
+    p.set_defaults(func=cmd_splits)
+
+    p = sub.add_parser("preprocess", help="reorient, crop, resample, normalise")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="target spacing in mm")
+    p.add_argument("--case", action="append", help="only this case (repeatable)")
+    p.add_argument("--threads", type=int, help="cases in parallel (default: preprocess.threads)")
+    _common(p)
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("search", help="SCNAS architecture search on one fold -> genotype.json")
+    p.add_argument("--preprocessed", required=True)
+    p.add_argument("--splits", required=True)
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--out", required=True, help="search folder (receives genotype.json)")
+    _common(p)
+    _heavy(p)
+    p.set_defaults(func=cmd_search)
+
+    for name in ("train", "retrain"):
+        p = sub.add_parser(name, help="train a model on one fold" + (" (alias of train)" if name == "retrain" else ""))
+        p.add_argument("--model", required=True, choices=["uresnet", "scnas", "scnas_transfer"])
+        p.add_argument("--genotype", help="genotype.json (scnas and scnas_transfer)")
+        p.add_argument("--preprocessed", required=True)
+        p.add_argument("--splits", required=True)
+        p.add_argument("--fold", type=int, required=True)
+        p.add_argument("--out", required=True, help="fold folder (receives checkpoint_final.pt)")
+        _common(p)
+        _heavy(p)
+        p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="segment NIfTI images with a trained model")
+    p.add_argument("--model", required=True, metavar="CHECKPOINT", help="a checkpoint_final.pt")
+    p.add_argument("--images", nargs="+", metavar="FILE_OR_DIR")
+    p.add_argument("--dataset", help="with --splits and --fold: predict that fold's validation cases")
+    p.add_argument("--splits")
+    p.add_argument("--fold", type=int)
+    p.add_argument("--out", required=True)
+    _common(p)
+    _heavy(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="per-case Dice and HD95 of predictions -> metrics.csv, summary.json")
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--dataset", required=True, help="the MSD task holding the reference labels")
+    p.add_argument("--splits")
+    p.add_argument("--fold", type=int)
+    p.add_argument("--cases", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=1)
+    _common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("table", help="cross-validation tables (CSV, Markdown, LaTeX) from the folds' metrics")
+    p.add_argument("--results", help="a results folder: tabulate every RESULTS/TASK/MODEL/fold_K/metrics.csv")
+    p.add_argument("--metrics", nargs="+", metavar="CSV", help="these .../TASK/MODEL/fold_K/metrics.csv files")
+    p.add_argument("--task", action="append", help="only this task (repeatable); default: all found")
+    p.add_argument("--model", action="append", help="only this model (repeatable)")
+    p.add_argument("--folds", type=int, nargs="+", help="folds to include (default: all found)")
+    p.add_argument("--out", help="output prefix: writes PREFIX.csv, .md, .tex (default: RESULTS/cv_table)")
+    p.add_argument("--print", action="store_true", help="print the Markdown table")
+    _common(p, config=False)
+    p.set_defaults(func=cmd_table)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "verbose", False))
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except ScnasError as e:
+        if os.environ.get("SCNAS_DEBUG"):
+            raise
+        print(f"scnas {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"scnas {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0

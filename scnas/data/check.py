@@ -1,0 +1,239 @@
+"""Dataset validation that lists every problem (one line each, naming the file and case) before any compute.
+
+Like nnU-Net's verify_dataset_integrity, but it never stops at the first problem: `scnas check` prints
+them all, and every other stage calls `validate_dataset` for the cases it touches.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from scnas.data.dataset import Case, Dataset, ImageHeader, parse_dataset_problems, read_header
+from scnas.errors import DatasetError
+
+SPACING_RTOL = 1e-3
+DIRECTION_ATOL = 1e-3
+ORIGIN_ATOL_MM = 5e-3
+
+
+def check_dataset(root: str | os.PathLike, case_ids: Iterable[str] | None = None, threads: int = 1,
+                  progress: bool = False) -> tuple[Dataset | None, list[str]]:
+    """Every problem of the MSD task at `root`, dataset-level first, then case by case in dataset order.
+
+    The Dataset is None when dataset.json is unusable (its files are then not opened). `case_ids`
+    restricts the per-case checks; ids not in dataset.json are problems. Cases are checked in parallel.
+    """
+    root = Path(root)
+    try:
+        dataset, problems = parse_dataset_problems(root)
+    except DatasetError as e:
+        return None, [str(e)]
+    if dataset is None:
+        return None, problems
+    cases = list(dataset.cases)
+    if case_ids is not None:
+        wanted = list(dict.fromkeys(case_ids))
+        known = set(dataset.case_ids)
+        problems += [f"{root / 'dataset.json'}: no case {cid!r} in dataset.json" for cid in wanted if cid not in known]
+        cases = [c for c in cases if c.id in set(wanted)]
+    shared = _shared_files(dataset.cases, {c.id for c in cases})
+
+    def check(case: Case) -> list[str]:
+        return shared.get(case.id, []) + check_case(case, dataset)
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        results = pool.map(check, cases)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(cases), desc="check", unit="case")
+        for case_problems in results:
+            problems += case_problems
+    return dataset, problems
+
+
+def validate_dataset(root: str | os.PathLike, case_ids: Iterable[str] | None = None, threads: int = 1) -> Dataset:
+    """The parsed dataset, or DatasetError with the first problem and how many more there are."""
+    dataset, problems = check_dataset(root, case_ids=case_ids, threads=threads)
+    if problems:
+        message = problems[0]
+        if len(problems) > 1:
+            more = len(problems) - 1
+            message += (f" (and {more} more problem{'s' if more > 1 else ''}: "
+                        f"run `scnas check --dataset {shlex.quote(str(root))}`)")
+        raise DatasetError(message)
+    assert dataset is not None
+    return dataset
+
+
+def check_image(path: str | os.PathLike, expected_channels: int) -> list[str]:
+    """Problems of a scan given to `scnas predict`: readable NIfTI, 3D/4D, channel count, finite, spacing."""
+    path = Path(path)
+    problems: list[str] = []
+    _check_image_file(path, f"{path}: ", expected_channels, f"the model expects {expected_channels}", problems)
+    return problems
+
+
+def check_case(case: Case, dataset: Dataset) -> list[str]:
+    """Problems of one case: both files readable NIfTI, shapes, channels, geometry, finite voxels, labels."""
+    n = dataset.num_channels
+    problems: list[str] = []
+    image = _check_image_file(case.image, f"{case.image}: case {case.id}: ", n,
+                              f"dataset.json declares {n} modalit{'ies' if n != 1 else 'y'}", problems)
+    label = _check_label_file(case, dataset.labels, problems)
+    if image is not None and label is not None:
+        problems += _geometry_problems(case, image, label)
+    return problems
+
+
+def _read(path: Path, where: str, role: str, problems: list[str]) -> tuple[ImageHeader, np.ndarray] | None:
+    """Header and voxels of a NIfTI file (voxels read once), or None after recording why not."""
+    import nibabel as nib
+
+    try:
+        header = read_header(path)
+    except DatasetError as e:
+        problems.append(f"{where}{role}: {str(e).removeprefix(f'{path}: ')}")
+        return None
+    try:
+        voxels = np.asarray(nib.load(str(path)).dataobj)
+    except Exception as e:  # nibabel/zlib raise many types for a damaged file
+        problems.append(f"{where}{role}: voxels cannot be read ({_short(e)})")
+        return None
+    return header, voxels
+
+
+def _check_image_file(path: Path, where: str, channels: int, declared: str,
+                      problems: list[str]) -> ImageHeader | None:
+    read = _read(path, where, "image", problems)
+    if read is None:
+        return None
+    header, voxels = read
+    if voxels.ndim not in (3, 4):
+        problems.append(f"{where}image must be 3D or 4D (channels last), got shape {tuple(voxels.shape)}")
+        return None
+    if header.channels != channels:
+        problems.append(f"{where}image has {header.channels} channel{'s' if header.channels != 1 else ''}, {declared}")
+    problems += [f"{where}image {p}" for p in _affine_problems(header.affine)]
+    if not np.issubdtype(voxels.dtype, np.integer):
+        finite = np.isfinite(voxels)
+        if not finite.all():
+            nan = int(np.isnan(voxels).sum())
+            inf = int(voxels.size - finite.sum()) - nan
+            kinds = [f"{nan} NaN" if nan else "", f"{inf} infinite" if inf else ""]
+            problems.append(f"{where}image holds {' and '.join(k for k in kinds if k)} voxels")
+    return header
+
+
+def _check_label_file(case: Case, labels: dict[int, str], problems: list[str]) -> ImageHeader | None:
+    where = f"{case.label}: case {case.id}: "
+    read = _read(case.label, where, "label", problems)
+    if read is None:
+        return None
+    header, voxels = read
+    if voxels.ndim == 4 and voxels.shape[3] == 1:
+        voxels = voxels[..., 0]
+    if voxels.ndim != 3:
+        problems.append(f"{where}label must be 3D, got shape {tuple(voxels.shape)}")
+        return None
+    problems += [f"{where}label {p}" for p in _affine_problems(header.affine)]
+    values, problem = _label_values(voxels)
+    if problem:
+        problems.append(f"{where}label {problem}")
+    else:
+        undeclared = [int(v) for v in values if int(v) not in labels]
+        if undeclared:
+            problems.append(f"{where}label holds values {undeclared} not declared in dataset.json 'labels' "
+                            f"{sorted(labels)}")
+    return header
+
+
+def _label_values(voxels: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """The distinct values of a label map, or a problem when they are not finite whole numbers."""
+    if not np.issubdtype(voxels.dtype, np.integer):
+        if not np.isfinite(voxels).all():
+            return np.empty(0), "holds NaN or infinite voxels"
+        fractional = voxels[np.rint(voxels) != voxels]
+        if fractional.size:
+            return np.empty(0), f"holds values that are not whole numbers (e.g. {float(fractional[0]):g})"
+        voxels = voxels.astype(np.int64)
+    low, high = int(voxels.min()), int(voxels.max())
+    if low >= 0 and high < 1 << 16:
+        return np.flatnonzero(np.bincount(voxels.ravel().astype(np.intp), minlength=high + 1)), None
+    return np.unique(voxels), None
+
+
+def _affine_problems(affine: np.ndarray) -> list[str]:
+    linear = affine[:3, :3]
+    if not np.isfinite(affine).all():
+        return ["affine holds NaN or infinite values"]
+    spacing = np.linalg.norm(linear, axis=0)
+    if not (spacing > 0).all():
+        return [f"spacing {_fmt(spacing)} must be positive"]
+    if abs(np.linalg.det(linear / spacing)) < 1e-6:
+        return ["affine is not invertible (its voxel axes are parallel)"]
+    return []
+
+
+def _geometry_problems(case: Case, image: ImageHeader, label: ImageHeader) -> list[str]:
+    where = f"{case.label}: case {case.id}: "
+    if image.spatial_shape != label.spatial_shape:
+        return [f"{where}label shape {label.spatial_shape} differs from image shape {image.spatial_shape}"]
+    if _affine_problems(image.affine) or _affine_problems(label.affine):
+        return []
+    img_sp, lab_sp = np.asarray(image.spacing), np.asarray(label.spacing)
+    if not np.allclose(lab_sp, img_sp, rtol=SPACING_RTOL, atol=0):
+        return [f"{where}label spacing {_fmt(lab_sp)} differs from image spacing {_fmt(img_sp)}"]
+    img_dir, lab_dir = image.affine[:3, :3] / img_sp, label.affine[:3, :3] / lab_sp
+    if not np.allclose(lab_dir, img_dir, rtol=0, atol=DIRECTION_ATOL):
+        return [f"{where}label orientation differs from the image's (direction cosines differ by up to "
+                f"{np.abs(lab_dir - img_dir).max():.3g})"]
+    offset = np.linalg.norm(label.affine[:3, 3] - image.affine[:3, 3])
+    if offset > ORIGIN_ATOL_MM:
+        return [f"{where}label origin {_fmt(label.affine[:3, 3])} differs from image origin "
+                f"{_fmt(image.affine[:3, 3])} by {offset:.3g} mm"]
+    return []
+
+
+def _shared_files(cases: Iterable[Case], selected: set[str]) -> dict[str, list[str]]:
+    """Problems (by case id) for a file that serves as image or label of more than one entry."""
+    first_use: dict[tuple, tuple[str, str]] = {}
+    problems: dict[str, list[str]] = {}
+    for case in cases:
+        for role, path in (("image", case.image), ("label", case.label)):
+            if path is None:
+                continue
+            key = _file_key(path)
+            if key not in first_use:
+                first_use[key] = (case.id, role)
+                continue
+            other_id, other_role = first_use[key]
+            message = f"{path}: case {case.id}: {role} file is also the {other_role} of case {other_id}"
+            if case.id in selected:
+                problems.setdefault(case.id, []).append(message)
+            elif other_id in selected:
+                problems.setdefault(other_id, []).append(message)
+    return problems
+
+
+def _file_key(path: Path) -> tuple:
+    try:
+        st = path.stat()
+    except OSError:
+        return ("path", str(path.resolve()))
+    return ("inode", st.st_dev, st.st_ino)
+
+
+def _fmt(values: Iterable[float]) -> str:
+    return "(" + ", ".join(f"{float(v):.6g}" for v in values) + ")"
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text[:160]

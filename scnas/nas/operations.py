@@ -1,0 +1,107 @@
+"""The eight candidate operations of an SCNAS edge (paper section 3), as factories (C_in, C_out, stride).
+
+Convolutions are LeakyReLU-Conv-InstanceNorm. Stride 2 (reduction cells) gives ceil(n / 2) voxels
+along every axis, odd n included; identity then becomes a factorised reduction.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+NEGATIVE_SLOPE = 0.01
+
+OPERATIONS: tuple[str, ...] = (
+    "conv3",
+    "sep_dil_conv3_r2",
+    "sep_dil_conv3_r3",
+    "sep_dil_conv3_r4",
+    "max_pool3",
+    "avg_pool3",
+    "identity",
+    "zero",
+)
+
+
+class ConvBlock(nn.Sequential):
+    """LeakyReLU -> Conv3d (no bias) -> InstanceNorm3d(affine)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0) -> None:
+        super().__init__(
+            nn.LeakyReLU(NEGATIVE_SLOPE),
+            nn.Conv3d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
+            nn.InstanceNorm3d(c_out, affine=True),
+        )
+
+
+class SepDilConv(nn.Sequential):
+    """LeakyReLU -> depthwise dilated 3x3x3 conv -> pointwise 1x1x1 conv -> InstanceNorm3d(affine)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, dilation: int) -> None:
+        super().__init__(
+            nn.LeakyReLU(NEGATIVE_SLOPE),
+            nn.Conv3d(c_in, c_in, 3, stride=stride, padding=dilation, dilation=dilation, groups=c_in, bias=False),
+            nn.Conv3d(c_in, c_out, 1, bias=False),
+            nn.InstanceNorm3d(c_out, affine=True),
+        )
+
+
+class FactorizedReduce(nn.Module):
+    """Halve the resolution without discarding voxels: two strided 1x1x1 convs, one shifted by a voxel.
+
+    The shifted path pads one voxel at the far end so that both paths give ceil(n / 2) for odd n.
+    """
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        if c_out < 2:
+            raise ValueError(f"FactorizedReduce needs at least 2 output channels, got {c_out}")
+        self.act = nn.LeakyReLU(NEGATIVE_SLOPE)
+        self.conv_a = nn.Conv3d(c_in, c_out // 2, 1, stride=2, bias=False)
+        self.conv_b = nn.Conv3d(c_in, c_out - c_out // 2, 1, stride=2, bias=False)
+        self.norm = nn.InstanceNorm3d(c_out, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(x)
+        shifted = F.pad(x, (0, 1, 0, 1, 0, 1))[:, :, 1:, 1:, 1:]
+        return self.norm(torch.cat([self.conv_a(x), self.conv_b(shifted)], dim=1))
+
+
+class Zero(nn.Module):
+    """The cut edge: zeros of the output shape (C_out channels, ceil(n / stride) voxels)."""
+
+    def __init__(self, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.c_out = c_out
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = [-(-n // self.stride) for n in x.shape[2:]]
+        return x.new_zeros((x.shape[0], self.c_out, *spatial))
+
+
+def _pool(pool: nn.Module, c_in: int, c_out: int) -> nn.Module:
+    return pool if c_in == c_out else nn.Sequential(pool, ConvBlock(c_in, c_out, 1))
+
+
+def _identity(c_in: int, c_out: int, stride: int) -> nn.Module:
+    if stride == 2:
+        return FactorizedReduce(c_in, c_out)
+    return nn.Identity() if c_in == c_out else ConvBlock(c_in, c_out, 1)
+
+
+OPS: dict[str, Callable[[int, int, int], nn.Module]] = {
+    "conv3": lambda c_in, c_out, stride: ConvBlock(c_in, c_out, 3, stride, padding=1),
+    "sep_dil_conv3_r2": lambda c_in, c_out, stride: SepDilConv(c_in, c_out, stride, 2),
+    "sep_dil_conv3_r3": lambda c_in, c_out, stride: SepDilConv(c_in, c_out, stride, 3),
+    "sep_dil_conv3_r4": lambda c_in, c_out, stride: SepDilConv(c_in, c_out, stride, 4),
+    "max_pool3": lambda c_in, c_out, stride: _pool(nn.MaxPool3d(3, stride, padding=1), c_in, c_out),
+    "avg_pool3": lambda c_in, c_out, stride: _pool(
+        nn.AvgPool3d(3, stride, padding=1, count_include_pad=False), c_in, c_out
+    ),
+    "identity": _identity,
+    "zero": lambda c_in, c_out, stride: Zero(c_out, stride),
+}

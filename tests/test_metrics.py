@@ -1,0 +1,223 @@
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from scnas.data.nifti import save_nifti
+from scnas.errors import ScnasError
+from scnas.evaluation.metrics import case_metrics, dice, evaluate_cases, hausdorff
+
+
+def random_label_map(rng, shape, num_labels, smooth):
+    """Blobby maps (smoothed noise, labels with interiors) or, with smooth=0, voxel-wise random labels."""
+    noise = rng.standard_normal((num_labels + 1, *shape))
+    if smooth:
+        noise = np.stack([ndimage.gaussian_filter(n, smooth) for n in noise])
+    return np.argmax(noise, axis=0).astype(np.int16)
+
+
+def brute_force_surface(mask):
+    """Voxels of the mask with a face neighbour outside it (outside the image counts as outside)."""
+    padded = np.pad(mask, 1)
+    inner = padded[1:-1, 1:-1, 1:-1].copy()
+    for axis in range(3):
+        for shift in (-1, 1):
+            inner &= np.roll(padded, shift, axis=axis)[1:-1, 1:-1, 1:-1]
+    return mask & ~inner
+
+
+def brute_force_hd(p, r, spacing, percentile):
+    sp = np.argwhere(brute_force_surface(p)).astype(np.float64) * np.asarray(spacing, np.float64)
+    sr = np.argwhere(brute_force_surface(r)).astype(np.float64) * np.asarray(spacing, np.float64)
+    d_pr, _ = cKDTree(sr).query(sp)
+    d_rp, _ = cKDTree(sp).query(sr)
+    return float(np.percentile(np.concatenate([d_pr, d_rp]), percentile))
+
+
+def sitk_image(array, spacing):
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+    img.SetSpacing(tuple(float(s) for s in spacing))
+    return img
+
+
+@pytest.mark.parametrize("smooth", [0, 1.5])
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 1.3, 2.9)])
+def test_dice_matches_simpleitk(smooth, spacing):
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        ref = random_label_map(rng, (17, 14, 11), 3, smooth)
+        pred = np.where(rng.random(ref.shape) < 0.2, random_label_map(rng, ref.shape, 3, smooth), ref)
+        got = dice(pred, ref, [1, 2, 3])
+        f = sitk.LabelOverlapMeasuresImageFilter()
+        f.Execute(sitk_image(ref, spacing), sitk_image(pred, spacing))
+        for label in (1, 2, 3):
+            assert got[label] == pytest.approx(f.GetDiceCoefficient(label), abs=1e-12)
+
+
+def test_dice_empty_labels():
+    ref = np.zeros((6, 5, 4), np.int16)
+    pred = np.zeros_like(ref)
+    ref[1:3, 1:3, 1:3] = 1
+    pred[2:4, 1:3, 1:3] = 1
+    pred[0, 0, 0] = 2
+    got = dice(pred, ref, [1, 2, 3])
+    assert got[1] == pytest.approx(2 * 4 / 16)
+    assert got[2] == 0.0
+    assert math.isnan(got[3])
+
+
+@pytest.mark.parametrize("percentile", [95, 100, 50])
+@pytest.mark.parametrize("smooth", [0, 1.2])
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.6, 1.1, 2.5)])
+def test_hausdorff_matches_brute_force(percentile, smooth, spacing):
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        ref = random_label_map(rng, (15, 13, 10), 2, smooth)
+        pred = random_label_map(rng, ref.shape, 2, smooth)
+        got = hausdorff(pred, ref, [0, 1, 2], spacing, percentile)
+        for label in (0, 1, 2):
+            expected = brute_force_hd(pred == label, ref == label, spacing, percentile)
+            assert got[label] == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+def test_hausdorff_small_objects_inside_large_image():
+    """The distance transform runs on the labels' bounding region; distances must stay exact."""
+    spacing = (0.8, 1.7, 1.2)
+    ref = np.zeros((60, 50, 40), np.int16)
+    pred = np.zeros_like(ref)
+    ref[10:14, 20:25, 5:9] = 1
+    pred[11:16, 21:24, 30:33] = 1
+    pred[59, 49, 39] = 1
+    ref[0:3, 0:2, 0] = 1
+    got = hausdorff(pred, ref, [1], spacing, 95)[1]
+    assert got == pytest.approx(brute_force_hd(pred == 1, ref == 1, spacing, 95), rel=1e-9)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.5, 1.4, 3.0)])
+def test_hausdorff_max_matches_simpleitk(spacing):
+    """At percentile 100 the result is the Hausdorff distance between the two surfaces (sitk on contours)."""
+    rng = np.random.default_rng(3)
+    for smooth in (0, 1.5):
+        ref = random_label_map(rng, (16, 12, 11), 2, smooth)
+        pred = random_label_map(rng, ref.shape, 2, smooth)
+        got = hausdorff(pred, ref, [1, 2], spacing, percentile=100)
+        for label in (1, 2):
+            # sitk's contour treats the image edge as foreground; one voxel of zero padding makes it background
+            contours = []
+            for mask in (pred == label, ref == label):
+                contour = sitk.BinaryContourImageFilter()
+                contour.SetFullyConnected(False)
+                contour.SetForegroundValue(1)
+                contours.append(contour.Execute(sitk_image(np.pad(mask, 1).astype(np.uint8), spacing)))
+            f = sitk.HausdorffDistanceImageFilter()
+            f.Execute(*contours)
+            assert got[label] == pytest.approx(f.GetHausdorffDistance(), rel=1e-9)
+
+
+def test_hausdorff_empty_labels():
+    ref = np.zeros((8, 8, 8), np.int16)
+    pred = np.zeros_like(ref)
+    ref[2:5, 2:5, 2:5] = 1
+    pred[6, 6, 6] = 2
+    got = hausdorff(pred, ref, [1, 2, 3], (1.0, 1.0, 1.0))
+    assert got[1] == math.inf and got[2] == math.inf
+    assert math.isnan(got[3])
+
+
+def test_case_metrics_rows():
+    ref = np.zeros((10, 9, 8), np.int16)
+    pred = np.zeros_like(ref)
+    ref[2:6, 2:6, 2:6] = 1
+    pred[3:7, 2:6, 2:6] = 1
+    rows = case_metrics(pred, ref, [1, 2], (1.5, 1.0, 1.0), percentile=100)
+    assert rows[0].label == 1 and rows[0].n_pred == 64 and rows[0].n_ref == 64
+    assert rows[0].dice == pytest.approx(0.75)
+    assert rows[0].hd == pytest.approx(1.5)
+    assert rows[1].label == 2 and math.isnan(rows[1].dice) and math.isnan(rows[1].hd)
+    assert (rows[1].n_pred, rows[1].n_ref) == (0, 0)
+
+
+def _write_case(folder, case, pred, ref, affine, pred_affine=None):
+    save_nifti(folder / f"{case}_pred.nii.gz", pred, affine if pred_affine is None else pred_affine)
+    save_nifti(folder / f"{case}_ref.nii.gz", ref, affine)
+    return case, folder / f"{case}_pred.nii.gz", folder / f"{case}_ref.nii.gz"
+
+
+def test_evaluate_cases_writes_metrics_and_summary(tmp_path):
+    affine = np.diag([1.5, 1.0, 2.0, 1.0])
+    affine[:3, 3] = (10, -4, 3)
+    ref_a = np.zeros((10, 9, 8), np.int16)
+    ref_a[2:6, 2:6, 2:6] = 1
+    ref_a[7:9, 6:8, 1:3] = 2
+    pred_a = np.zeros_like(ref_a)
+    pred_a[3:7, 2:6, 2:6] = 1                    # label 1: Dice 0.75; label 2 missed: Dice 0, HD inf
+    ref_b = np.zeros_like(ref_a)
+    ref_b[1:5, 1:5, 1:5] = 1
+    pred_b = ref_b.copy()                         # label 1 perfect; label 2 in neither: NaN
+    pairs = [_write_case(tmp_path, "a", pred_a, ref_a, affine), _write_case(tmp_path, "b", pred_b, ref_b, affine)]
+    out = tmp_path / "out"
+    table = evaluate_cases(pairs, {1: "edema", 2: "enhancing"}, out, threads=2)
+
+    csv = pd.read_csv(out / "metrics.csv")
+    assert list(csv.columns) == ["case", "label", "label_name", "dice", "hd95", "n_pred", "n_ref"]
+    assert list(zip(csv["case"], csv["label"], csv["label_name"])) == [
+        ("a", 1, "edema"), ("a", 2, "enhancing"), ("b", 1, "edema"), ("b", 2, "enhancing")]
+    assert csv["dice"].iloc[0] == pytest.approx(0.75)
+    assert csv["dice"].iloc[1] == 0.0 and csv["hd95"].iloc[1] == math.inf
+    assert csv["dice"].iloc[2] == 1.0 and csv["hd95"].iloc[2] == 0.0
+    assert math.isnan(csv["dice"].iloc[3]) and math.isnan(csv["hd95"].iloc[3])
+    expected_hd = hausdorff(pred_a, ref_a, [1], (1.5, 1.0, 2.0), 95)[1]
+    assert csv["hd95"].iloc[0] == pytest.approx(expected_hd)
+    assert list(csv["n_pred"]) == [64, 0, 64, 0] and list(csv["n_ref"]) == [64, 8, 64, 0]
+    pd.testing.assert_frame_equal(table.reset_index(drop=True), csv, check_dtype=False)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_cases"] == 2
+    edema = summary["labels"]["1"]
+    assert edema["name"] == "edema"
+    assert edema["dice"]["mean"] == pytest.approx(0.875)
+    assert edema["dice"]["std"] == pytest.approx(np.std([0.75, 1.0], ddof=1))
+    assert edema["dice"]["count"] == 2
+    assert edema["hd95"]["mean"] == pytest.approx(expected_hd / 2)
+    enhancing = summary["labels"]["2"]
+    assert enhancing["dice"] == {"mean": 0.0, "std": None, "count": 1}
+    assert enhancing["hd95"] == {"mean": None, "std": None, "count": 0, "n_inf": 1}
+    assert summary["mean_dice"] == pytest.approx((0.875 + 0.0) / 2)
+
+
+def test_evaluate_cases_hd_column_follows_percentile(tmp_path):
+    ref = np.zeros((6, 6, 6), np.int16)
+    ref[1:4, 1:4, 1:4] = 1
+    pairs = [_write_case(tmp_path, "c", ref, ref, np.eye(4))]
+    table = evaluate_cases(pairs, {1: "x"}, tmp_path / "out", percentile=100)
+    assert "hd100" in table.columns
+    assert "hd100" in json.loads((tmp_path / "out" / "summary.json").read_text())["labels"]["1"]
+
+
+def test_evaluate_cases_refuses_shape_mismatch(tmp_path):
+    ref = np.zeros((6, 6, 6), np.int16)
+    save_nifti(tmp_path / "p.nii.gz", np.zeros((6, 6, 5), np.int16), np.eye(4))
+    save_nifti(tmp_path / "r.nii.gz", ref, np.eye(4))
+    with pytest.raises(ScnasError) as info:
+        evaluate_cases([("case_007", tmp_path / "p.nii.gz", tmp_path / "r.nii.gz")], {1: "x"}, tmp_path / "out")
+    message = str(info.value)
+    assert "case_007" in message and "shape" in message and "\n" not in message
+    assert not (tmp_path / "out" / "metrics.csv").exists()
+
+
+def test_evaluate_cases_refuses_affine_mismatch(tmp_path):
+    ref = np.zeros((6, 6, 6), np.int16)
+    shifted = np.eye(4)
+    shifted[0, 3] = 0.5
+    pairs = [_write_case(tmp_path, "ok", ref, ref, np.eye(4)),
+             _write_case(tmp_path, "case_042", ref, ref, np.eye(4), pred_affine=shifted)]
+    with pytest.raises(ScnasError) as info:
+        evaluate_cases(pairs, {1: "x"}, tmp_path / "out")
+    message = str(info.value)
+    assert "case_042" in message and "affine" in message and "\n" not in message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

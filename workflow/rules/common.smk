@@ -1,0 +1,63 @@
+import json
+import os
+import re
+
+from scnas.config import from_dict
+
+CFG = from_dict(config)
+RES = CFG.results
+TASKS = list(CFG.study_tasks)
+SYNTHETIC = [t for t in TASKS if CFG.task(t).synthetic is not None]
+ENV = "../../envs/scnas.yaml"
+# A heavy rule's process does the work itself (inprocess/local) or only waits for a SLURM job.
+HEAVY_THREADS = 1 if CFG.launcher.executor == "slurm" else max(1, workflow.cores or 1)
+
+
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in names) if names else "(?!x)x"
+
+
+wildcard_constraints:
+    task=_alternatives(TASKS),
+    model="uresnet|scnas|scnas_transfer",
+    fold=r"\d+",
+
+
+def dataset_dir(task):
+    return str(CFG.dataset_dir(task))
+
+
+def dataset_json(wildcards):
+    return f"{dataset_dir(wildcards.task)}/dataset.json"
+
+
+def stage_settings(task, *sections):
+    """The settings of one stage as inline JSON: a change to them reruns that stage (and only it)."""
+    stage = CFG.stage_dict(task)
+    return json.dumps({k: stage[k] for k in ("seed", *sections)}, separators=(",", ":"))
+
+
+def launcher_settings(task):
+    """Passed as a resource, not a param: changing partition or GPUs must not rerun finished work."""
+    return json.dumps(CFG.stage_dict(task)["launcher"], separators=(",", ":"))
+
+
+def genotype_for(wildcards):
+    if wildcards.model == "scnas":
+        return f"{RES}/{wildcards.task}/search/fold_{wildcards.fold}/genotype.json"
+    if wildcards.model == "scnas_transfer":
+        t = CFG.transfer
+        return f"{RES}/{t.source_task}/search/fold_{t.source_fold}/genotype.json"
+    return []
+
+
+def fold_metrics(task):
+    return [
+        f"{RES}/{task}/{model}/fold_{fold}/metrics.csv"
+        for model in CFG.models_for(task)
+        for fold in CFG.folds
+    ]
+
+
+def study_targets():
+    return [f"{RES}/{task}/cv_table.md" for task in TASKS] + [f"{RES}/cv_table.md"]
