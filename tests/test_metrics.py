@@ -161,7 +161,7 @@ def test_evaluate_cases_writes_metrics_and_summary(tmp_path):
     pred_b = ref_b.copy()                         # label 1 perfect; label 2 in neither: NaN
     pairs = [_write_case(tmp_path, "a", pred_a, ref_a, affine), _write_case(tmp_path, "b", pred_b, ref_b, affine)]
     out = tmp_path / "out"
-    table = evaluate_cases(pairs, {1: "edema", 2: "enhancing"}, out, threads=2)
+    table = evaluate_cases(pairs, {0: "background", 1: "edema", 2: "enhancing"}, out, threads=2)
 
     csv = pd.read_csv(out / "metrics.csv")
     assert list(csv.columns) == ["case", "label", "label_name", "dice", "hd95", "n_pred", "n_ref"]

@@ -110,18 +110,18 @@ def test_gradients_reach_every_parameter(combine_levels):
 
 def test_overfits_one_tiny_sample():
     torch.manual_seed(7)
-    model = UResNet(1, 2, base_channels=8)
+    model = UResNet(1, 2, base_channels=4)
     grid = torch.stack(torch.meshgrid(*[torch.arange(16.0)] * 3, indexing="ij"))
     target = (((grid - 7.5) ** 2).sum(0) < 25).long().unsqueeze(0)
     image = torch.randn(1, 1, 16, 16, 16) + target.unsqueeze(1).float()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(40):
+    for _ in range(30):
         optimizer.zero_grad()
         loss = F.cross_entropy(model(image), target)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.2 * losses[0]
+    assert losses[-1] < 0.1 * losses[0]
     accuracy = (model(image).argmax(1) == target).float().mean()
     assert accuracy > 0.98

@@ -34,18 +34,17 @@ def check_dataset(root: str | os.PathLike, case_ids: Iterable[str] | None = None
         dataset, problems = parse_dataset_problems(root)
     except DatasetError as e:
         return None, [str(e)]
-    if dataset is None:
-        return None, problems
-    cases = list(dataset.cases)
+    declared = dataset or _salvage(root)
+    cases = list(declared.cases)
     if case_ids is not None:
         wanted = list(dict.fromkeys(case_ids))
-        known = set(dataset.case_ids)
+        known = set(declared.case_ids)
         problems += [f"{root / 'dataset.json'}: no case {cid!r} in dataset.json" for cid in wanted if cid not in known]
         cases = [c for c in cases if c.id in set(wanted)]
-    shared = _shared_files(dataset.cases, {c.id for c in cases})
+    shared = _shared_files(declared.cases, {c.id for c in cases})
 
     def check(case: Case) -> list[str]:
-        return shared.get(case.id, []) + check_case(case, dataset)
+        return shared.get(case.id, []) + check_case(case, declared)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         results = pool.map(check, cases)
@@ -81,15 +80,39 @@ def check_image(path: str | os.PathLike, expected_channels: int) -> list[str]:
 
 
 def check_case(case: Case, dataset: Dataset) -> list[str]:
-    """Problems of one case: both files readable NIfTI, shapes, channels, geometry, finite voxels, labels."""
+    """Problems of one case: both files readable NIfTI, shapes, channels, geometry, finite voxels, labels.
+
+    Channel count and label values are checked only against a usable `modality` and `labels`.
+    """
     n = dataset.num_channels
     problems: list[str] = []
-    image = _check_image_file(case.image, f"{case.image}: case {case.id}: ", n,
+    image = _check_image_file(case.image, f"{case.image}: case {case.id}: ", n or None,
                               f"dataset.json declares {n} modalit{'ies' if n != 1 else 'y'}", problems)
     label = _check_label_file(case, dataset.labels, problems)
     if image is not None and label is not None:
         problems += _geometry_problems(case, image, label)
     return problems
+
+
+def _salvage(root: Path) -> Dataset:
+    """What a faulty dataset.json still declares, to check the case files anyway.
+
+    `modality` and `labels` with any problem are left empty; training entries that parse are kept.
+    """
+    from scnas.data import dataset as parsing
+
+    data = parsing.read_dataset_json(root)
+    where = root / "dataset.json"
+
+    def part(key: str, parse, empty):
+        scratch: list[str] = []
+        value = parse(data[key], where, scratch) if key in data else empty
+        return empty if scratch else value
+
+    cases = parsing._parse_training(root, data["training"], where, []) if "training" in data else []
+    return Dataset(root=root, name=str(data.get("name", root.name)),
+                   modalities=part("modality", parsing._parse_modalities, ()),
+                   labels=part("labels", parsing._parse_labels, {}), cases=tuple(cases))
 
 
 def _read(path: Path, where: str, role: str, problems: list[str]) -> tuple[ImageHeader, np.ndarray] | None:
@@ -109,7 +132,7 @@ def _read(path: Path, where: str, role: str, problems: list[str]) -> tuple[Image
     return header, voxels
 
 
-def _check_image_file(path: Path, where: str, channels: int, declared: str,
+def _check_image_file(path: Path, where: str, channels: int | None, declared: str,
                       problems: list[str]) -> ImageHeader | None:
     read = _read(path, where, "image", problems)
     if read is None:
@@ -118,7 +141,7 @@ def _check_image_file(path: Path, where: str, channels: int, declared: str,
     if voxels.ndim not in (3, 4):
         problems.append(f"{where}image must be 3D or 4D (channels last), got shape {tuple(voxels.shape)}")
         return None
-    if header.channels != channels:
+    if channels is not None and header.channels != channels:
         problems.append(f"{where}image has {header.channels} channel{'s' if header.channels != 1 else ''}, {declared}")
     problems += [f"{where}image {p}" for p in _affine_problems(header.affine)]
     if not np.issubdtype(voxels.dtype, np.integer):
@@ -126,8 +149,8 @@ def _check_image_file(path: Path, where: str, channels: int, declared: str,
         if not finite.all():
             nan = int(np.isnan(voxels).sum())
             inf = int(voxels.size - finite.sum()) - nan
-            kinds = [f"{nan} NaN" if nan else "", f"{inf} infinite" if inf else ""]
-            problems.append(f"{where}image holds {' and '.join(k for k in kinds if k)} voxels")
+            counts = " and ".join(k for k in (f"{nan} NaN" if nan else "", f"{inf} infinite" if inf else "") if k)
+            problems.append(f"{where}image holds {counts} voxel{'s' if nan + inf > 1 else ''}")
     return header
 
 
@@ -146,7 +169,7 @@ def _check_label_file(case: Case, labels: dict[int, str], problems: list[str]) -
     values, problem = _label_values(voxels)
     if problem:
         problems.append(f"{where}label {problem}")
-    else:
+    elif labels:
         undeclared = [int(v) for v in values if int(v) not in labels]
         if undeclared:
             problems.append(f"{where}label holds values {undeclared} not declared in dataset.json 'labels' "

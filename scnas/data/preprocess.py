@@ -23,7 +23,8 @@ import numpy as np
 from scnas.data.dataset import Case, Dataset
 from scnas.data.nifti import load_image, load_label
 from scnas.data.normalize import nonzero_mask, normalize
-from scnas.data.resample import effective_spacing, resample_image, resample_label, resample_mask, target_shape
+from scnas.data.resample import (bounding_box, effective_spacing, resample_image, resample_label, resample_mask,
+                                 target_shape)
 from scnas.errors import DatasetError
 from scnas.io import atomic_path, read_json, save_npy, write_json
 
@@ -84,18 +85,14 @@ def canonical_geometry(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.nda
 
 def nonzero_bbox(image: np.ndarray) -> list[list[int]]:
     """[lo, hi) per spatial axis of the voxels nonzero in any channel of (C, X, Y, Z); all if none is."""
-    mask = np.any(image != 0, axis=0)
-    if not mask.any():
-        return [[0, int(n)] for n in mask.shape]
-    bbox = []
-    for axis in range(3):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        bbox.append([int(hits[0]), int(hits[-1]) + 1])
-    return bbox
+    box = bounding_box(np.any(image != 0, axis=0))
+    return box if box is not None else [[0, int(n)] for n in image.shape[1:]]
 
 
-def load_case_arrays(case: Case, num_channels: int, with_label: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Image (C, X, Y, Z), affine and label of a case, refusing (one line naming the file) what cannot be preprocessed."""
+def load_case_arrays(case: Case, num_channels: int,
+                     with_label: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Image (C, X, Y, Z), affine and label of a case; refuses (one line naming the file) what cannot be
+    preprocessed."""
     image, affine = load_image(case.image)
     if image.shape[0] != num_channels:
         raise DatasetError(f"{case.image}: has {image.shape[0]} channels, the dataset declares {num_channels}")
@@ -206,6 +203,7 @@ def sample_foreground(label: np.ndarray | None, labels: Iterable[int], samples: 
 
 
 def foreground_labels(plans: dict) -> list[int]:
+    """The label values of the plans other than background 0."""
     return sorted(int(k) for k in plans["labels"] if int(k) != 0)
 
 
@@ -243,8 +241,10 @@ def _write_case(out_dir: Path, case_id: str, data: np.ndarray, seg: np.ndarray |
 
 def map_cases(fn: Callable[[T], R], items: Sequence[T], threads: int = 1, progress: bool = False,
               desc: str = "") -> list[R]:
-    """`[fn(x) for x in items]` on `threads` worker threads (numpy, zlib and torch release the GIL in the
-    heavy parts), with an optional tqdm bar; the first error cancels what has not started."""
+    """`[fn(x) for x in items]` on `threads` worker threads, with an optional tqdm bar; the first error
+    cancels what has not started. Threads, not processes: numpy, zlib and torch release the GIL in the heavy
+    parts, and spawned processes cost more than they gain (6 cases of 180x180x120x4 -> 0.7 mm on 2 cores:
+    1 thread 11.4 s, 2 threads 9.1 s, 2 processes 24.8 s)."""
     from tqdm import tqdm
 
     items = list(items)
@@ -284,7 +284,7 @@ def load_preprocessed(out_dir: Path, case_id: str, mmap: bool = True) -> Preproc
     files = case_files(out_dir, case_id)
     path = files["properties"]
     if not path.is_file():
-        raise DatasetError(f"{path}: file not found (case {case_id!r} is not preprocessed, or its preprocessing did not finish)")
+        raise DatasetError(f"{path}: file not found (case {case_id!r} is not preprocessed, or did not finish)")
     try:
         properties = read_json(path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -308,7 +308,7 @@ def _load_npy(path: Path, mmap: bool, shape: tuple[int, ...], dtype: type) -> np
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise DatasetError(f"{path}: not a readable .npy file ({e})") from None
+        raise DatasetError(f"{path}: not a readable .npy file ({_first_line(e)})") from None
     if array.shape != shape or array.dtype != dtype:
         raise DatasetError(f"{path}: holds {array.dtype} {array.shape}, its properties say "
                            f"{np.dtype(dtype)} {shape}")
@@ -322,7 +322,7 @@ def _load_foreground(path: Path, shape: tuple[int, ...]) -> dict[int, np.ndarray
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DatasetError(f"{path}: not a readable .npz file ({e})") from None
+        raise DatasetError(f"{path}: not a readable .npz file ({_first_line(e)})") from None
     out = {}
     for key, coords in arrays.items():
         if not key.isdigit() or coords.ndim != 2 or coords.shape[1] != 3:
@@ -331,3 +331,8 @@ def _load_foreground(path: Path, shape: tuple[int, ...]) -> dict[int, np.ndarray
             raise DatasetError(f"{path}: label {key} has coordinates outside the image {shape}")
         out[int(key)] = coords
     return out
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__

@@ -75,15 +75,17 @@ def evaluate_cases(pairs: Sequence[tuple[str, str | Path, str | Path]], labels: 
                    percentile: float = 95, threads: int = 1):
     """Metrics for each (case_id, prediction NIfTI, reference NIfTI) -> out_dir/metrics.csv + summary.json.
 
-    Returns the per case x label table (columns: case, label, label_name, dice, hd{p}, n_pred, n_ref).
+    Label 0 (background) is skipped, so a dataset.json label map can be passed as is. Returns the
+    per case x label table (columns: case, label, label_name, dice, hd{p}, n_pred, n_ref).
     """
     import pandas as pd
 
+    labels = {int(k): v for k, v in labels.items() if int(k) != 0}
     if not pairs:
         raise ScnasError(f"{out_dir}: no cases to evaluate")
     if not labels:
-        raise ScnasError(f"{out_dir}: no labels to evaluate")
-    label_ids = [int(k) for k in labels]
+        raise ScnasError(f"{out_dir}: no foreground labels to evaluate")
+    label_ids = list(labels)
 
     def one(pair):
         case_id, pred_path, ref_path = pair

@@ -83,6 +83,25 @@ class Zero(nn.Module):
         return x.new_zeros((x.shape[0], self.c_out, *spatial))
 
 
+class AvgPool(nn.Module):
+    """3x3x3 average pooling over the voxels inside the image (padding not counted).
+
+    torch's avg_pool3d refuses inputs smaller than the kernel even when padded (deep levels of small
+    patches); those are padded explicitly and divided by the per-voxel count of real neighbours.
+    """
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[2:]) >= 3:
+            return F.avg_pool3d(x, 3, self.stride, padding=1, count_include_pad=False)
+        total = F.avg_pool3d(F.pad(x, (1,) * 6), 3, self.stride, divisor_override=1)
+        ones = F.pad(x.new_ones((1, 1, *x.shape[2:])), (1,) * 6)
+        return total / F.avg_pool3d(ones, 3, self.stride, divisor_override=1)
+
+
 def _pool(pool: nn.Module, c_in: int, c_out: int) -> nn.Module:
     return pool if c_in == c_out else nn.Sequential(pool, ConvBlock(c_in, c_out, 1))
 
@@ -99,9 +118,7 @@ OPS: dict[str, Callable[[int, int, int], nn.Module]] = {
     "sep_dil_conv3_r3": lambda c_in, c_out, stride: SepDilConv(c_in, c_out, stride, 3),
     "sep_dil_conv3_r4": lambda c_in, c_out, stride: SepDilConv(c_in, c_out, stride, 4),
     "max_pool3": lambda c_in, c_out, stride: _pool(nn.MaxPool3d(3, stride, padding=1), c_in, c_out),
-    "avg_pool3": lambda c_in, c_out, stride: _pool(
-        nn.AvgPool3d(3, stride, padding=1, count_include_pad=False), c_in, c_out
-    ),
+    "avg_pool3": lambda c_in, c_out, stride: _pool(AvgPool(stride), c_in, c_out),
     "identity": _identity,
     "zero": lambda c_in, c_out, stride: Zero(c_out, stride),
 }

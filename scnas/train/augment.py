@@ -6,6 +6,8 @@ the batch), Gaussian noise, Gaussian blur, multiplicative brightness, contrast, 
 mirroring. Every transform is decided per sample with its probability; intensity parameters are drawn
 per channel where batchgenerators does. Scaling, contrast and gamma factors are drawn as batchgenerators
 does: with probability 1/2 uniformly below 1 (from the range's lower end), else uniformly above 1.
+Gaussian noise has a variance drawn uniformly from noise_variance (batchgenerators uses the drawn value
+as the standard deviation instead).
 All randomness comes from one torch.Generator, in a fixed order, so a run is reproducible and resumable
 from the generator's state; samples a transform skips keep their values bit for bit.
 """
@@ -74,8 +76,9 @@ def gaussian_blur(volumes: Tensor, sigma: Tensor, max_sigma: float, mode: str) -
     """
     rows = volumes.shape[0]
     radius = int(TRUNCATE * max_sigma + 0.5)
-    taps = torch.arange(-radius, radius + 1, device=volumes.device, dtype=torch.float32)
-    s = sigma.float().clamp_min(1e-6)[:, None]
+    dtype = torch.promote_types(volumes.dtype, torch.float32)
+    taps = torch.arange(-radius, radius + 1, device=volumes.device, dtype=dtype)
+    s = sigma.to(dtype).clamp_min(1e-6)[:, None]
     weights = torch.exp(-0.5 * (taps / s) ** 2) * (taps.abs() <= torch.floor(TRUNCATE * s + 0.5))
     weights = (weights / weights.sum(1, keepdim=True)).to(volumes.dtype)
     out = volumes.unsqueeze(0)
@@ -184,7 +187,7 @@ def _per_sample(mask: Tensor, ndim: int) -> Tensor:
 def _noise(image: Tensor, cfg: AugmentationConfig, draw: _Draws) -> Tensor:
     b = image.shape[0]
     chosen = draw.coin((b,), cfg.p_noise)
-    std = draw.uniform((b,), *cfg.noise_variance).sqrt()
+    std = draw.uniform((b,), *cfg.noise_variance)  # batchgenerators uses the drawn "variance" as the std
     noise = draw.normal(tuple(image.shape)).to(image.dtype)
     return torch.where(_per_sample(chosen, 5), image + noise * _per_sample(std, 5), image)
 

@@ -41,6 +41,17 @@ class Precision:
         self.scaler.update()
 
 
+def batch_sum_reducer(ctx):
+    """For losses pooled over the batch: sums the per-process statistics, differentiably, over all
+    processes, so N processes compute exactly the loss (and, after DDP's averaging, the gradient) of
+    one process holding the whole batch."""
+    if ctx.world_size == 1:
+        return None
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce
+
+
 def average_gradients(params: Sequence[torch.Tensor], ctx) -> None:
     """Average the gradients of `params` over all processes in one flat all-reduce.
 

@@ -27,7 +27,7 @@ from scnas.models.factory import build_model, describe
 from scnas.train.augment import augment_batch
 from scnas.train.checkpoint import MODEL_FORMAT, MODEL_VERSION, load_checkpoint, save_checkpoint
 from scnas.train.distributed import DistContext, init_distributed
-from scnas.train.engine import (Precision, configure_device, cpu_state, progress_enabled, to_device,
+from scnas.train.engine import (Precision, batch_sum_reducer, configure_device, cpu_state, progress_enabled, to_device,
                                 torch_generator, write_csv_log)
 from scnas.train.loss import jaccard_loss
 from scnas.train.sampler import PatchSampler, epoch_rng, prefetch
@@ -143,6 +143,7 @@ def retrain(req: RetrainRequest, ctx: DistContext | None = None) -> dict[str, An
     sampler = PatchSampler.from_dir(req.preprocessed, train_ids, plans["patch_size"], cfg.foreground_fraction)
     val_sampler = (PatchSampler.from_dir(req.preprocessed, val_ids, plans["patch_size"], cfg.foreground_fraction)
                    if cfg.val_dice_every and val_ids else None)
+    pool = batch_sum_reducer(ctx)
     for epoch in range(start_epoch, cfg.max_epochs):
         lr = optimizer.param_groups[0]["lr"]
         if lr < cfg.min_lr:
@@ -159,7 +160,7 @@ def retrain(req: RetrainRequest, ctx: DistContext | None = None) -> dict[str, An
             x, y = to_device(batch, device)
             x, y = augment_batch(x, y, cfg.augmentation, generator)
             with precision.autocast():
-                loss = jaccard_loss(net(x), y)
+                loss = jaccard_loss(net(x), y, reduce_sums=pool)
             optimizer.zero_grad(set_to_none=True)
             precision.backward(loss)
             precision.step(optimizer)

@@ -30,7 +30,7 @@ from scnas.nas.genotype import save_genotype
 from scnas.train.augment import augment_batch
 from scnas.train.checkpoint import load_checkpoint, save_checkpoint
 from scnas.train.distributed import DistContext, init_distributed
-from scnas.train.engine import (Precision, average_gradients, configure_device, cpu_state, progress_enabled,
+from scnas.train.engine import (Precision, batch_sum_reducer, average_gradients, configure_device, cpu_state, progress_enabled,
                                 to_device, torch_generator, write_csv_log)
 from scnas.train.loss import jaccard_loss
 from scnas.train.retrain import num_classes
@@ -164,7 +164,7 @@ def _step(net: SearchNetwork, batch, params: list[torch.nn.Parameter], optimizer
     x, y = to_device(batch, device)
     x, y = augment_batch(x, y, cfg.augmentation, generator)
     with precision.autocast():
-        loss = jaccard_loss(net(x), y)
+        loss = jaccard_loss(net(x), y, reduce_sums=batch_sum_reducer(ctx))
     optimizer.zero_grad(set_to_none=True)
     precision.backward(loss, inputs=params)
     average_gradients(params, ctx)

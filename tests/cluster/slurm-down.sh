@@ -17,8 +17,7 @@ SLURMD_PID=/run/slurmd.pid
 # Print the pid in PIDFILE if that process is alive, is not a zombie and runs COMMAND.
 daemon_pid() {
     local command=$1 pidfile=$2 pid state
-    [[ -r $pidfile ]] || return 1
-    pid=$(tr -dc '0-9' <"$pidfile")
+    pid=$(tr -dc '0-9' 2>/dev/null <"$pidfile") || return 1
     [[ -n $pid && -r /proc/$pid/stat ]] || return 1
     [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$command" ]] || return 1
     state=$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$pid/stat" 2>/dev/null) || return 1

@@ -22,14 +22,15 @@ PACKAGES=(slurm-wlm munge slurmdbd mariadb-server)
 MARKER="# Written by tests/cluster/slurm-up.sh; rewritten on every run."
 FAKE_GPU_DIR=$STATE_DIR/fakegpu
 DB_PASS=slurmdbpass
-CONFIG_CHANGED=0
+CONFIG_CHANGED=0     # slurm.conf or gres.conf changed: restart slurmctld and slurmd
+DBD_CONFIG_CHANGED=0 # slurmdbd.conf changed: restart slurmdbd
 
 die() {
     echo "slurm-up: $*" >&2
     exit 1
 }
 
-# die with MESSAGE and the tail of LOGFILE.
+# die_with_log MESSAGE LOGFILE: stop with MESSAGE and the tail of LOGFILE.
 die_with_log() {
     local message=$1 logfile=$2
     echo "slurm-up: $message" >&2
@@ -56,7 +57,7 @@ check_environment() {
     [[ $CPUS =~ ^[1-9][0-9]*$ ]] || die "SLURM_CPUS must be a positive integer, got '$CPUS'"
     [[ $GPUS =~ ^[0-9]+$ ]] || die "SLURM_GPUS must be a non-negative integer, got '$GPUS'"
     getent hosts "$NODE" >/dev/null ||
-        die "node name '$NODE' (hostname -s) does not resolve; add '127.0.0.1 $NODE' to /etc/hosts or set SLURM_NODE_NAME=localhost"
+        die "node name '$NODE' does not resolve; add '127.0.0.1 $NODE' to /etc/hosts or set SLURM_NODE_NAME=localhost"
     if [[ -e $ETC_DIR/slurm.conf ]] && ! grep -qxF "$MARKER" "$ETC_DIR/slurm.conf"; then
         die "$ETC_DIR/slurm.conf was not written by this script; refusing to overwrite a real SLURM configuration"
     fi
@@ -85,10 +86,9 @@ install_packages() {
 }
 
 slurm_conf() {
-    local memory_mb gres_line="" overrides=""
+    local memory_mb gres=""
     memory_mb=$(($(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo) - 512))
-    ((CPUS == $(nproc))) || overrides="SlurmdParameters=config_overrides"
-    ((GPUS == 0)) || gres_line="GresTypes=gpu"
+    ((GPUS == 0)) || gres=" Gres=gpu:$GPUS"
     cat <<EOF
 $MARKER
 ClusterName=ci
@@ -130,11 +130,12 @@ KillWait=5
 MinJobAge=300
 InactiveLimit=0
 Waittime=0
-$overrides
-$gres_line
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$memory_mb$( ((GPUS == 0)) || echo " Gres=gpu:$GPUS") State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
+    # advertising other CPUs than the hardware has needs config_overrides
+    ((CPUS == $(nproc))) || echo "SlurmdParameters=config_overrides"
+    ((GPUS == 0)) || echo "GresTypes=gpu"
+    echo "NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$memory_mb$gres State=UNKNOWN"
+    echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
 }
 
 slurmdbd_conf() {
@@ -156,35 +157,35 @@ StoragePass=$DB_PASS
 EOF
 }
 
+# gres/gpu needs character devices: /dev/null clones stand in for the GPUs.
 gres_conf() {
     local files=$FAKE_GPU_DIR/nvidia0
     ((GPUS == 1)) || files="$FAKE_GPU_DIR/nvidia[0-$((GPUS - 1))]"
     printf '%s\nNodeName=%s Name=gpu File=%s\n' "$MARKER" "$NODE" "$files"
 }
 
-# update_file PATH MODE CONTENT: write CONTENT when it differs; record that something changed.
+# update_file PATH MODE CONTENT: write CONTENT unless PATH already holds it; fails when unchanged.
 update_file() {
     local path=$1 mode=$2 content=$3
     if [[ -f $path ]] && [[ $(cat "$path") == "$content" ]]; then
-        return 0
+        return 1
     fi
     printf '%s\n' "$content" >"$path.new"
     chmod "$mode" "$path.new"
     mv "$path.new" "$path"
-    CONFIG_CHANGED=1
 }
 
 write_configs() {
     local i
     install -d "$ETC_DIR" "$LOG_DIR" "$STATE_DIR/slurmctld" "$STATE_DIR/slurmd"
-    update_file "$ETC_DIR/slurm.conf" 644 "$(slurm_conf)"
-    update_file "$ETC_DIR/slurmdbd.conf" 600 "$(slurmdbd_conf)"
+    if update_file "$ETC_DIR/slurm.conf" 644 "$(slurm_conf)"; then CONFIG_CHANGED=1; fi
+    if update_file "$ETC_DIR/slurmdbd.conf" 600 "$(slurmdbd_conf)"; then DBD_CONFIG_CHANGED=1; fi
     if ((GPUS > 0)); then
         install -d "$FAKE_GPU_DIR"
         for ((i = 0; i < GPUS; i++)); do
             [[ -c $FAKE_GPU_DIR/nvidia$i ]] || mknod "$FAKE_GPU_DIR/nvidia$i" c 1 3
         done
-        update_file "$ETC_DIR/gres.conf" 644 "$(gres_conf)"
+        if update_file "$ETC_DIR/gres.conf" 644 "$(gres_conf)"; then CONFIG_CHANGED=1; fi
     elif [[ -e $ETC_DIR/gres.conf ]]; then
         rm -f "$ETC_DIR/gres.conf"
         CONFIG_CHANGED=1
@@ -229,12 +230,12 @@ start_mariadb() {
         GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';"
 }
 
-# start_slurm_daemon COMMAND PIDFILE LOGFILE ARGS...: start unless running; a changed config restarts it.
+# start_slurm_daemon COMMAND PIDFILE LOGFILE RESTART ARGS...: start unless running; RESTART=1 restarts it.
 start_slurm_daemon() {
-    local command=$1 pidfile=$2 logfile=$3
-    shift 3
+    local command=$1 pidfile=$2 logfile=$3 restart=$4
+    shift 4
     if daemon_pid "$command" "$pidfile" >/dev/null; then
-        ((CONFIG_CHANGED)) || return 0
+        ((restart)) || return 0
         stop_daemon "$command" "$pidfile" >/dev/null
     fi
     "$command" "$@" || die_with_log "$command failed to start" "$logfile"
@@ -248,14 +249,10 @@ controller_up() {
     timeout 5 scontrol ping | grep -q 'is UP'
 }
 
-node_state() {
-    timeout 5 sinfo -h -n "$NODE" -o %T
-}
-
-# Wait until the node accepts jobs; resume it if an earlier configuration left it drained or down.
+# Succeeds once the node accepts jobs; resumes it if an earlier configuration left it drained or down.
 node_ready() {
     local state
-    state=$(node_state) || return 1
+    state=$(timeout 5 sinfo -h -n "$NODE" -o %T) || return 1
     case $state in
         idle | mixed | allocated | completing) return 0 ;;
         *drain* | down*) scontrol update NodeName="$NODE" State=RESUME >/dev/null 2>&1 || true ;;
@@ -264,19 +261,19 @@ node_ready() {
 }
 
 start_slurm() {
-    if ((CONFIG_CHANGED)) && daemon_pid slurmd "$SLURMD_PID" >/dev/null; then
+    if ((CONFIG_CHANGED)); then
         stop_daemon slurmd "$SLURMD_PID" >/dev/null
     fi
-    start_slurm_daemon slurmdbd "$SLURMDBD_PID" "$LOG_DIR/slurmdbd.log"
+    start_slurm_daemon slurmdbd "$SLURMDBD_PID" "$LOG_DIR/slurmdbd.log" "$DBD_CONFIG_CHANGED"
     wait_until "slurmdbd (sacctmgr show cluster)" 30 "$LOG_DIR/slurmdbd.log" accounting_up
-    start_slurm_daemon slurmctld "$SLURMCTLD_PID" "$LOG_DIR/slurmctld.log"
+    start_slurm_daemon slurmctld "$SLURMCTLD_PID" "$LOG_DIR/slurmctld.log" "$CONFIG_CHANGED"
     wait_until "slurmctld (scontrol ping)" 30 "$LOG_DIR/slurmctld.log" controller_up
-    start_slurm_daemon slurmd "$SLURMD_PID" "$LOG_DIR/slurmd.log" -N "$NODE"
+    start_slurm_daemon slurmd "$SLURMD_PID" "$LOG_DIR/slurmd.log" "$CONFIG_CHANGED" -N "$NODE"
     wait_until "node $NODE to become idle" 60 "$LOG_DIR/slurmd.log" node_ready
 }
 
 main() {
-    local start_ns elapsed_ms
+    local start_ns elapsed_ms note=""
     start_ns=$(date +%s%N)
     check_environment
     install_packages
@@ -285,9 +282,9 @@ main() {
     start_mariadb
     start_slurm
     elapsed_ms=$((($(date +%s%N) - start_ns) / 1000000))
+    ((CONFIG_CHANGED)) && note=" (new configuration)"
     printf 'slurm-up: cluster up in %d.%02d s: node %s, %s CPUs, %s GPUs, partition debug%s\n' \
-        $((elapsed_ms / 1000)) $((elapsed_ms % 1000 / 10)) "$NODE" "$CPUS" "$GPUS" \
-        "$( ((CONFIG_CHANGED)) && echo " (configuration written)")"
+        $((elapsed_ms / 1000)) $((elapsed_ms % 1000 / 10)) "$NODE" "$CPUS" "$GPUS" "$note"
 }
 
 main "$@"

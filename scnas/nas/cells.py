@@ -1,0 +1,208 @@
+"""Cells and the U-Net-like macro-structure shared by the search network and the derived network.
+
+A cell is a DAG over 2 inputs (nodes 0, 1) and `num_nodes` intermediate nodes (2 .. num_nodes + 1);
+node j sums one operation on every edge (i, j), i < j (14 edges for 4 nodes, ordered by j then i);
+the cell output is the channel concatenation of the intermediate nodes. Each input is first brought
+to the cell's node width c at the resolution the operations start from (DARTS preprocessing):
+a LeakyReLU-Conv1x1-IN block at the same resolution, a factorised reduction when the input has twice
+the resolution, trilinear upsampling (to the exact target size, so odd sizes work) followed by the
+1x1 block when it has half the resolution. In a reduction cell the operations on edges from the two
+inputs have stride 2.
+
+Levels: level 0 is the input size n, level k has ceil(n_(k-1) / 2) voxels per axis. With S the stem
+width and N = num_nodes, every tensor passed between cells at level k has S * 2^k channels, and the
+cells producing it have node width c_k = S * 2^k / N (S must be a multiple of N).
+
+    cell   type            level in -> out   s0      s1 (+ skip summed in first)   node width
+    stem   3x3x3 Conv-IN   0                 image                                 (S channels)
+    red1   reduction       0 -> 1            stem    stem                          c_1
+    enc1   encoder_normal  1                 stem    red1                          c_1
+    red2   reduction       1 -> 2            red1    enc1                          c_2
+    enc2   encoder_normal  2                 enc1    red2                          c_2
+    red3   reduction       2 -> 3            red2    enc2                          c_3
+    inter  encoder_normal  3                 enc2    red3                          c_3
+    exp1   expansion       3 -> 2            red3    inter + red3                  c_2
+    dec1   decoder_normal  2                 inter   exp1 + enc2                   c_2
+    exp2   expansion       2 -> 1            exp1    dec1 + enc2                   c_1
+    dec2   decoder_normal  1                 dec1    exp2 + enc1                   c_1
+    exp3   expansion       1 -> 0            exp2    dec2 + enc1                   c_0
+    dec3   decoder_normal  0                 dec2    exp3 + stem                   c_0
+    out    1x1x1 Conv      0                 dec3                                  (num_classes)
+
+So s0 of enc1/enc2/inter is reduced (factorised), s0 of dec1/dec2/dec3 and both inputs of an
+expansion cell are upsampled; the skip is the last encoder output (or the stem) at s1's level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from scnas.nas.operations import ConvBlock, FactorizedReduce
+
+CELL_TYPES: tuple[str, ...] = ("encoder_normal", "reduction", "decoder_normal", "expansion")
+NUM_NODES = 4
+NUM_LEVELS = 4
+
+
+def cell_edges(num_nodes: int = NUM_NODES) -> tuple[tuple[int, int], ...]:
+    """Edges (i, j) of a cell, ordered by target node j, then source i (the row order of alpha)."""
+    return tuple((i, j) for j in range(2, num_nodes + 2) for i in range(j))
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """One cell of the macro-structure: its type, output level, inputs and decoder skip."""
+
+    name: str
+    cell_type: str
+    level: int
+    inputs: tuple[str, str]
+    skip: str | None = None
+
+    @property
+    def input_level(self) -> int:
+        """Level at which the cell's operations read their inputs."""
+        return self.level - 1 if self.cell_type == "reduction" else self.level
+
+
+MACRO: tuple[CellPlan, ...] = (
+    CellPlan("red1", "reduction", 1, ("stem", "stem")),
+    CellPlan("enc1", "encoder_normal", 1, ("stem", "red1")),
+    CellPlan("red2", "reduction", 2, ("red1", "enc1")),
+    CellPlan("enc2", "encoder_normal", 2, ("enc1", "red2")),
+    CellPlan("red3", "reduction", 3, ("red2", "enc2")),
+    CellPlan("inter", "encoder_normal", 3, ("enc2", "red3")),
+    CellPlan("exp1", "expansion", 2, ("red3", "inter"), skip="red3"),
+    CellPlan("dec1", "decoder_normal", 2, ("inter", "exp1"), skip="enc2"),
+    CellPlan("exp2", "expansion", 1, ("exp1", "dec1"), skip="enc2"),
+    CellPlan("dec2", "decoder_normal", 1, ("dec1", "exp2"), skip="enc1"),
+    CellPlan("exp3", "expansion", 0, ("exp2", "dec2"), skip="enc1"),
+    CellPlan("dec3", "decoder_normal", 0, ("dec2", "exp3"), skip="stem"),
+)
+
+OUTPUT_LEVEL: dict[str, int] = {"stem": 0, **{plan.name: plan.level for plan in MACRO}}
+
+
+def level_sizes(spatial: Sequence[int]) -> list[tuple[int, ...]]:
+    """Spatial size of every level: the input size, then ceil-halved NUM_LEVELS - 1 times."""
+    sizes = [tuple(int(n) for n in spatial)]
+    for _ in range(NUM_LEVELS - 1):
+        sizes.append(tuple(-(-n // 2) for n in sizes[-1]))
+    return sizes
+
+
+class Preprocess(nn.Module):
+    """Bring a cell input to node width c at level `target`, from `shift` = source level - target."""
+
+    def __init__(self, c_in: int, c_out: int, shift: int) -> None:
+        super().__init__()
+        if shift not in (-1, 0, 1):
+            raise ValueError(f"a cell input can be at most one level away, got shift {shift}")
+        self.upsample = shift == 1
+        self.block = FactorizedReduce(c_in, c_out) if shift == -1 else ConvBlock(c_in, c_out, 1)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+        if self.upsample:
+            x = F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+        return self.block(x)
+
+
+EdgeFactory = Callable[[str, int, int, int], "nn.Module | None"]
+"""(cell_type, edge_index, node_width, stride) -> the edge's module, or None for an absent edge."""
+
+
+class Cell(nn.Module):
+    """One cell: preprocess both inputs, evaluate the DAG, concatenate the intermediate nodes."""
+
+    def __init__(self, plan: CellPlan, stem_channels: int, num_nodes: int, make_edge: EdgeFactory) -> None:
+        super().__init__()
+        self.plan = plan
+        self.num_nodes = num_nodes
+        self.node_width = node_width(stem_channels, plan.level, num_nodes)
+        self.pre0, self.pre1 = (
+            Preprocess(level_channels(stem_channels, OUTPUT_LEVEL[src]), self.node_width,
+                       OUTPUT_LEVEL[src] - plan.input_level)
+            for src in plan.inputs
+        )
+        self.edges = nn.ModuleDict()
+        reduction = plan.cell_type == "reduction"
+        for index, (i, j) in enumerate(cell_edges(num_nodes)):
+            module = make_edge(plan.cell_type, index, self.node_width, 2 if reduction and i < 2 else 1)
+            if module is not None:
+                self.edges[edge_key(i, j)] = module
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, sizes: Sequence[tuple[int, ...]],
+                sample=None) -> torch.Tensor:
+        """`sample` (an EdgeSample of the cell's type) is passed to mixed edges; None for fixed edges."""
+        in_size = sizes[self.plan.input_level]
+        states = [self.pre0(s0, in_size), self.pre1(s1, in_size)]
+        index = 0
+        for j in range(2, self.num_nodes + 2):
+            total = None
+            for i in range(j):
+                key = edge_key(i, j)
+                if key in self.edges:
+                    x = states[i]
+                    edge = self.edges[key]
+                    y = edge(x) if sample is None else edge(x, sample.weights[index], sample.active[index])
+                    if y is not None:
+                        total = y if total is None else total + y
+                index += 1
+            if total is None:
+                total = s1.new_zeros((s1.shape[0], self.node_width, *sizes[self.plan.level]))
+            states.append(total)
+        return torch.cat(states[2:], dim=1)
+
+
+def edge_key(i: int, j: int) -> str:
+    return f"{i}->{j}"
+
+
+def level_channels(stem_channels: int, level: int) -> int:
+    """Channels of every tensor passed between cells at `level`."""
+    return stem_channels * 2**level
+
+
+def node_width(stem_channels: int, level: int, num_nodes: int = NUM_NODES) -> int:
+    return level_channels(stem_channels, level) // num_nodes
+
+
+class CellNetwork(nn.Module):
+    """Stem -> the 12 cells of MACRO -> 1x1x1 output conv; logits have the input's spatial size."""
+
+    def __init__(self, in_channels: int, num_classes: int, stem_channels: int, num_nodes: int,
+                 make_edge: EdgeFactory) -> None:
+        super().__init__()
+        if min(in_channels, num_classes, num_nodes) < 1:
+            raise ValueError("in_channels, num_classes and num_nodes must be positive")
+        if stem_channels < num_nodes or stem_channels % num_nodes:
+            raise ValueError(
+                f"stem_channels ({stem_channels}) must be a positive multiple of num_nodes ({num_nodes}): "
+                "the full-resolution cell output (num_nodes nodes wide) is summed with the stem output"
+            )
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.stem_channels = stem_channels
+        self.num_nodes = num_nodes
+        self.stem = nn.Sequential(
+            nn.Conv3d(in_channels, stem_channels, 3, padding=1, bias=False),
+            nn.InstanceNorm3d(stem_channels, affine=True),
+        )
+        self.cells = nn.ModuleList(Cell(plan, stem_channels, num_nodes, make_edge) for plan in MACRO)
+        self.out = nn.Conv3d(stem_channels, num_classes, 1)
+
+    def run_cells(self, x: torch.Tensor, samples: Mapping[str, object] | None = None) -> torch.Tensor:
+        """Forward pass; `samples` maps a cell type to the EdgeSample all its cells share."""
+        sizes = level_sizes(x.shape[2:])
+        outputs = {"stem": self.stem(x)}
+        for plan, cell in zip(MACRO, self.cells):
+            s0, s1 = (outputs[name] for name in plan.inputs)
+            if plan.skip is not None:
+                s1 = s1 + outputs[plan.skip]
+            outputs[plan.name] = cell(s0, s1, sizes, None if samples is None else samples[plan.cell_type])
+        return self.out(outputs[MACRO[-1].name])

@@ -1,0 +1,109 @@
+"""The config schema, its defaults, the typed dataclasses, and the refusals of bad keys."""
+
+import dataclasses
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scnas import config as C
+from scnas.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _task(**extra):
+    return {"tasks": {"T": {"dataset": "T", **extra}}}
+
+
+def test_repository_configs_validate():
+    cfg = C.load(ROOT / "config.yaml")
+    assert cfg.preprocess.spacing == (0.7, 0.7, 0.7)
+    assert cfg.search.stem_channels == 48 and cfg.search.sampling == "two"
+    assert cfg.search.weight_betas == (0.1, 0.001) and cfg.search.alpha_betas == (0.5, 0.999)
+    assert cfg.train.lr == 3e-4 and cfg.train.lr_factor == 0.2 and cfg.train.patience == 30
+    assert cfg.train.max_epochs == 500 and cfg.train.batch_size == 8 and cfg.train.min_lr == 1e-7
+    assert cfg.models_for("Task01_BrainTumour") == ("uresnet", "scnas")
+    assert cfg.models_for("Task02_Heart") == ("uresnet", "scnas", "scnas_transfer")
+    demo = C.load([ROOT / "config.yaml", ROOT / "config" / "demo.yaml"])
+    assert demo.study_tasks == ("DemoBrain", "DemoHeart")
+    assert demo.dataset_dir("DemoBrain") == Path(demo.results) / "DemoBrain" / "raw"
+
+
+def test_defaults_fill_a_partial_config():
+    stage = C.stage_from_dict({})
+    assert stage.plan.patch_size == (128, 128, 128)
+    assert stage.train.augmentation.p_mirror == 0.5
+    assert stage.launcher.resources("search").gpus_per_node == 1
+
+
+def test_every_schema_key_has_a_dataclass_field():
+    schema = yaml.safe_load(C.SCHEMA_PATH.read_text())
+
+    def props(section):
+        sub = schema["properties"][section]
+        if "$ref" in sub:
+            sub = schema["$defs"][sub["$ref"].rsplit("/", 1)[-1]]
+        return set(sub["properties"])
+
+    pairs = {"preprocess": C.PreprocessConfig, "plan": C.PlanConfig, "train": C.TrainConfig,
+             "search": C.SearchConfig, "inference": C.InferenceConfig, "evaluation": C.EvaluationConfig,
+             "launcher": C.LauncherConfig}
+    for section, cls in pairs.items():
+        assert props(section) == {f.name for f in dataclasses.fields(cls)}, section
+    top = set(schema["properties"])
+    assert top == {f.name for f in dataclasses.fields(C.Config)} - {"raw"}
+    aug = set(schema["$defs"]["augmentation"]["properties"])
+    assert aug == {f.name for f in dataclasses.fields(C.AugmentationConfig)}
+
+
+@pytest.mark.parametrize("data, key", [
+    ({**_task(), "trian": {}}, "'trian'"),
+    ({**_task(), "train": {"lr": "fast"}}, "train.lr"),
+    ({**_task(), "train": {"betas": [0.9]}}, "train.betas"),
+    ({**_task(), "search": {"sampling": "three"}}, "search.sampling"),
+    ({**_task(), "search": {"tau": {"start": 0.5, "end": 1.0}}}, "search.tau"),
+    ({**_task(), "search": {"tau": {"start": 1.0, "end": 1.0}}}, "search.tau"),
+    ({**_task(), "folds": [5]}, "folds"),
+    ({"tasks": {"T": {"dataset": "x", "synthetic": {"kind": "brain"}}}}, "tasks.T"),
+    ({"tasks": {"T": {"synthetic": {"kind": "liver"}}}}, "tasks.T"),
+    (_task(overrides={"train": {"lrr": 1}}), "tasks.T.overrides.train.lrr"),
+    (_task(overrides={"train": {"lr": -1}}), "train.lr"),
+    ({**_task(), "transfer": {"source_task": "X", "targets": []}}, "transfer"),
+    ({**_task(), "run_tasks": ["Nope"]}, "run_tasks"),
+    ({}, "tasks"),
+])
+def test_bad_config_is_refused_naming_the_key(data, key):
+    with pytest.raises(ConfigError) as err:
+        C.from_dict(data)
+    assert key in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_task_overrides_merge_over_global_sections():
+    cfg = C.from_dict({**_task(overrides={"plan": {"patch_size": [64, 64, 32]}, "launcher": {"train": {"gpus_per_node": 2}}}),
+                       "plan": {"patch_size": [96, 96, 96]}})
+    assert cfg.stage("T").plan.patch_size == (64, 64, 32)
+    assert cfg.stage().plan.patch_size == (96, 96, 96)
+    assert cfg.stage("T").launcher.resources("train").gpus_per_node == 2
+    assert cfg.stage("T").launcher.resources("train").mem_gb == 64
+
+
+def test_stage_dict_round_trips():
+    cfg = C.load(ROOT / "config.yaml")
+    for task in cfg.tasks:
+        assert C.stage_from_dict(cfg.stage_dict(task)) == cfg.stage(task)
+
+
+def test_config_files_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        C.load(bad)
+    with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
+        C.load(tmp_path / "missing.yaml")
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        C.load(listy)

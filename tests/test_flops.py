@@ -1,0 +1,76 @@
+"""FLOPs counting (against hand formulas and a real run) and width matching."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from scnas.models.flops import count_gflops, match_width
+from scnas.models.genotype_network import GenotypeNetwork
+from scnas.nas import CELL_TYPES, OPERATIONS, Genotype, cell_edges
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _conv_net(width: int) -> nn.Module:
+    return nn.Sequential(nn.Conv3d(3, width, 3, padding=1), nn.ReLU(), nn.Conv3d(width, 2, 1))
+
+
+def _conv_net_gflops(width: int, voxels: int) -> float:
+    """One multiply-add = 2 FLOPs: 2 * C_in * C_out * kernel volume per output voxel."""
+    return 2 * voxels * (3 * width * 27 + width * 2) / 1e9
+
+
+def test_count_gflops_matches_hand_formula_at_any_patch():
+    net = _conv_net(10)
+    for shape in [(3, 8, 9, 10), (1, 3, 128, 128, 128)]:
+        voxels = shape[-1] * shape[-2] * shape[-3]
+        assert count_gflops(net, shape) == pytest.approx(_conv_net_gflops(10, voxels), rel=1e-12)
+    assert next(net.parameters()).device.type == "cpu"
+    with pytest.raises(ValueError, match="input_shape"):
+        count_gflops(net, (8, 9, 10))
+
+
+def test_strided_and_depthwise_convolutions_are_counted_by_output_voxels():
+    conv = nn.Conv3d(4, 4, 3, stride=2, padding=2, dilation=2, groups=4, bias=False)
+    assert count_gflops(conv, (4, 9, 9, 9)) == pytest.approx(2 * 4 * 27 * 5**3 / 1e9)
+
+
+def _genotype() -> Genotype:
+    cells = {t: tuple((i, j, OPERATIONS[(e + n) % len(OPERATIONS)]) for e, (i, j) in enumerate(cell_edges()))
+             for n, t in enumerate(CELL_TYPES)}
+    return Genotype(cells=cells)
+
+
+def test_meta_count_equals_a_real_forward_and_keeps_the_mode():
+    net = GenotypeNetwork(_genotype(), 2, 3, 8).train()
+    shape = (2, 17, 16, 18)
+    assert count_gflops(net, shape) == count_gflops(net, shape, device="cpu") > 0
+    assert net.training
+    assert count_gflops(net, (2, 32, 32, 32)) > 7 * count_gflops(net, (2, 16, 16, 16))
+
+
+def test_match_width_picks_the_closest_width():
+    voxels = 20**3
+    for target in [0.01, 0.05, 0.1234, 0.3]:
+        width, gflops = match_width(_conv_net, target, (3, 20, 20, 20), lo=1, hi=64)
+        brute = min(range(1, 65), key=lambda w: abs(_conv_net_gflops(w, voxels) - target))
+        assert width == brute
+        assert gflops == pytest.approx(_conv_net_gflops(width, voxels))
+    assert match_width(_conv_net, 1e-9, (3, 20, 20, 20), lo=5, hi=64)[0] == 5
+    assert match_width(_conv_net, 1e9, (3, 20, 20, 20), lo=5, hi=64)[0] == 64
+    assert match_width(_conv_net, 0.1, (3, 20, 20, 20), lo=4, hi=64, step=4)[0] % 4 == 0
+
+
+def test_match_width_of_a_genotype_network_within_5_percent():
+    genotype = _genotype()
+    shape = (4, 128, 128, 128)
+    target = 1.03 * count_gflops(GenotypeNetwork(genotype, 4, 4, 40), shape)
+    width, gflops = match_width(lambda w: GenotypeNetwork(genotype, 4, 4, w), target, shape, lo=4, hi=96, step=4)
+    assert width == 40
+    assert abs(gflops - target) / target < 0.05
