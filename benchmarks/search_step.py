@@ -85,7 +85,8 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     shape = (cfg["batch"], IN_CHANNELS, *(cfg["patch"],) * 3)
     labels = (cfg["batch"], *(cfg["patch"],) * 3)
     x_w, x_a = torch.randn(shape, device=device), torch.randn(shape, device=device)
-    y_w, y_a = torch.randint(0, NUM_CLASSES, labels, device=device), torch.randint(0, NUM_CLASSES, labels, device=device)
+    y_w = torch.randint(0, NUM_CLASSES, labels, device=device)
+    y_a = torch.randint(0, NUM_CLASSES, labels, device=device)
     _sync(device)
     rss_before = _rss_bytes()
     if device.type == "cuda":

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -422,6 +423,18 @@ def load(sources: list[str | os.PathLike | Mapping] | str | os.PathLike | Mappin
     return from_dict(merged)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-7` as a string; accept JSON-style floats like YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
 def read_config_source(src: str | os.PathLike | Mapping) -> dict:
     """A mapping, a YAML/JSON file, or inline JSON/YAML text starting with '{'."""
     if isinstance(src, Mapping):
@@ -429,7 +442,7 @@ def read_config_source(src: str | os.PathLike | Mapping) -> dict:
     text_src = str(src)
     if text_src.lstrip().startswith("{"):
         try:
-            data = yaml.safe_load(text_src)
+            data = yaml.load(text_src, Loader=_Loader)
         except yaml.YAMLError as e:
             raise ConfigError(f"inline config: not valid JSON/YAML ({e.__class__.__name__})") from None
         return data
@@ -438,7 +451,7 @@ def read_config_source(src: str | os.PathLike | Mapping) -> dict:
         raise ConfigError(f"{path}: config file not found")
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""

@@ -107,3 +107,11 @@ def test_config_files_errors_name_the_file(tmp_path):
     listy.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         C.load(listy)
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {min_lr: 1e-7, lr: 3e-4}\n")
+    stage = C.stage_from_dict(C.read_config_source(path))
+    assert stage.train.min_lr == 1e-7 and stage.train.lr == 3e-4
+    assert C.read_config_source('{"train": {"min_lr": 1e-07}}')["train"]["min_lr"] == 1e-7

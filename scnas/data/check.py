@@ -26,8 +26,8 @@ def check_dataset(root: str | os.PathLike, case_ids: Iterable[str] | None = None
                   progress: bool = False) -> tuple[Dataset | None, list[str]]:
     """Every problem of the MSD task at `root`, dataset-level first, then case by case in dataset order.
 
-    The Dataset is None when dataset.json is unusable (its files are then not opened). `case_ids`
-    restricts the per-case checks; ids not in dataset.json are problems. Cases are checked in parallel.
+    The Dataset is None when dataset.json has problems; the case files it still names are checked anyway.
+    `case_ids` restricts the per-case checks; ids not in dataset.json are problems. Cases run in parallel.
     """
     root = Path(root)
     try:

@@ -1,8 +1,9 @@
 """Synthetic MSD-format tasks (brain tumour, heart, lung) that look like the real ones, for demos and tests.
 
-Anatomy is drawn in world millimetres on a canonical RAS grid, so that cases with different spacings
-and shapes look alike after resampling; each case is then stored in its own orientation (RAS, LPS,
-PIR, ...) with a non-zero origin, as scanners do. Every array is a function of (seed, case index).
+Anatomy is drawn in world coordinates on a canonical RAS grid whose field of view in millimetres is
+about the same for every case, so cases with different spacings and shapes look alike after
+resampling; each case is then stored in its own orientation (RAS, LPS, PIR, ...) with a non-zero
+origin, as scanners do. Every array is a function of (seed, case index) alone.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ _MIN_LABEL_VOXELS = 10
 
 @dataclass(frozen=True)
 class _Spec:
+    """What dataset.json says about a kind; `z_fov` is the through-plane field of view over the in-plane one."""
+
     name: str
     description: str
     modalities: tuple[str, ...]
@@ -242,15 +245,17 @@ def _brain(grid: _Grid, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
 
     def tumour(rng: np.random.Generator):
         site = center + semi * _unit_ball(rng, 0.45)
-        r_edema = rng.uniform(0.24, 0.38)
-        edema = (_blob(grid, rng, site, r_edema * rng.uniform(0.85, 1.15, 3), 0.2) < 1) & (head < 0.97)
-        core_site = site + _unit_ball(rng, 0.2 * r_edema)
-        r_core = r_edema * rng.uniform(0.6, 0.8)
-        core = (_blob(grid, rng, core_site, r_core * rng.uniform(0.85, 1.15, 3), 0.2) < 1) & edema
-        r_active = r_core * rng.uniform(0.65, 0.9)
-        active = _blob(grid, rng, core_site + _unit_ball(rng, 0.15 * r_core), r_active * rng.uniform(0.85, 1.15, 3),
+        r_edema = rng.uniform(0.26, 0.4)
+        edema_d = _blob(grid, rng, site, r_edema * rng.uniform(0.85, 1.15, 3), 0.2)
+        edema = (edema_d < 1) & (head < 0.97)
+        core_site = site + _unit_ball(rng, 0.15 * r_edema)
+        r_core = r_edema * rng.uniform(0.55, 0.75)
+        core_d = _blob(grid, rng, core_site, r_core * rng.uniform(0.85, 1.15, 3), 0.2)
+        core = (core_d < 1) & (edema_d < 0.8) & (head < 0.9)
+        r_active = r_core * rng.uniform(0.7, 0.95)
+        active = _blob(grid, rng, core_site + _unit_ball(rng, 0.1 * r_core), r_active * rng.uniform(0.85, 1.15, 3),
                        0.15)
-        enhancing = core & (active < 1) & (active > rng.uniform(0.0, 0.6))
+        enhancing = core & (core_d < 0.85) & (active < 1) & (active > rng.uniform(0.0, 0.6))
         parts = (edema & ~core, core & ~enhancing, enhancing)
         if min(int(p.sum()) for p in parts) < _MIN_LABEL_VOXELS:
             return None
@@ -299,7 +304,7 @@ def _heart(grid: _Grid, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
              _blob(grid, rng, jitter((0.22, -0.02, 0.05)), scaled((0.12, 0.12, 0.14)), 0.1) < 1,
              _tube(grid, jitter((0.0, 0.05, 0.05)), jitter((0.02, 0.02, 0.9)), scale * rng.uniform(0.06, 0.08)),
              _tube(grid, jitter((0.25, 0.05, 0.0)), jitter((0.25, 0.05, 0.9)), scale * rng.uniform(0.04, 0.06)),
-             _tube(grid, (-0.12, -0.38, -1.0), (-0.12, -0.38, 1.0), rng.uniform(0.06, 0.08))]
+             _tube(grid, (-0.12, -0.38, -10.0), (-0.12, -0.38, 10.0), rng.uniform(0.06, 0.08))]
 
     def atrium(rng: np.random.Generator):
         site = jitter((-0.04, -0.18, 0.12))
@@ -328,7 +333,7 @@ def _lung(grid: _Grid, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
     hu[torso < 1] = -100.0
     hu[torso < 0.9] = 40.0
     texture_sd[torso < 1] = 10.0
-    x, y, z = grid.coords()
+    z = grid.coords()[2]
     ribs = (torso > 0.88) & (torso < 0.95) & (np.sin(z * np.float32(2 * np.pi / rng.uniform(0.18, 0.24))
                                                       + np.float32(rng.uniform(0, 2 * np.pi))) > 0.3)
     hu[ribs] = 700.0

@@ -77,7 +77,7 @@ def model_spec(model: str, plans: dict, train: TrainConfig, genotype: Path | Non
 
         target = count_gflops(build_model(uresnet), (1, in_ch, *plans["patch_size"]))
         stem, _ = match_width(lambda c: build_model({**spec, "stem_channels": c}), target,
-                              (1, in_ch, *plans["patch_size"]))
+                              (1, in_ch, *plans["patch_size"]), lo=4, hi=256, step=4)
     return {**spec, "stem_channels": int(stem)}
 
 
