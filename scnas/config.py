@@ -41,6 +41,7 @@ class TaskConfig:
     dataset: str | None = None
     synthetic: SyntheticSpec | None = None
     splits_file: str | None = None
+    models: tuple[str, ...] | None = None
     overrides: dict = field(default_factory=dict)
 
 
@@ -260,9 +261,9 @@ class Config:
         return path if path.is_absolute() else Path(self.data_root) / path
 
     def models_for(self, task: str) -> tuple[str, ...]:
-        """The models tabulated for `task`: scnas_transfer only on transfer targets."""
+        """The models trained and tabulated for `task`: scnas_transfer only on transfer targets."""
         return tuple(
-            m for m in self.models
+            m for m in (self.task(task).models or self.models)
             if m != "scnas_transfer" or (task in self.transfer.targets and self.transfer.source_task)
         )
 
@@ -474,6 +475,7 @@ def from_dict(data: Mapping) -> Config:
             dataset=t.get("dataset"),
             synthetic=_build(SyntheticSpec, t["synthetic"], "") if "synthetic" in t else None,
             splits_file=t.get("splits_file"),
+            models=tuple(t["models"]) if "models" in t else None,
             overrides=t.get("overrides", {}),
         )
         for name, t in validated["tasks"].items()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from scnas.errors import ScnasError
-from scnas.io import write_json
+from scnas.io import write_text
 from scnas.nas.cells import CELL_TYPES, NUM_NODES, cell_edges
 from scnas.nas.operations import OPERATIONS
 
@@ -100,8 +100,26 @@ def genotype_from_dict(data: Any) -> Genotype:
 
 
 def save_genotype(path: str | os.PathLike, genotype: Genotype, source: Mapping[str, Any] | None = None) -> None:
-    """Write the genotype JSON atomically; `source` is free metadata (task, fold, epoch, ...)."""
-    write_json(path, genotype.to_dict(source))
+    """Write the genotype JSON atomically, one edge per line; `source` is free metadata (task, fold, ...)."""
+    write_text(path, format_genotype(genotype.to_dict(source)))
+
+
+def format_genotype(data: dict[str, Any]) -> str:
+    """Genotype JSON laid out for reading: each `[from, to, "op"]` edge on a line of its own."""
+    lines = ["{"]
+    items = list(data.items())
+    for n, (key, value) in enumerate(items):
+        comma = "," if n < len(items) - 1 else ""
+        if key == "cells":
+            lines.append('  "cells": {')
+            cells = list(value.items())
+            for m, (cell, edges) in enumerate(cells):
+                body = ",\n".join(f"      {json.dumps(edge)}" for edge in edges)
+                lines.append(f'    {json.dumps(cell)}: [\n{body}\n    ]' + ("," if m < len(cells) - 1 else ""))
+            lines.append("  }" + comma)
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(value)}{comma}")
+    return "\n".join(lines) + "\n}\n"
 
 
 def load_genotype(path: str | os.PathLike) -> Genotype:

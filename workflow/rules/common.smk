@@ -9,8 +9,9 @@ RES = CFG.results
 TASKS = list(CFG.study_tasks)
 SYNTHETIC = [t for t in TASKS if CFG.task(t).synthetic is not None]
 ENV = "../../envs/scnas.yaml"
-# A heavy rule's process does the work itself (inprocess/local) or only waits for a SLURM job.
-HEAVY_THREADS = 1 if CFG.launcher.executor == "slurm" else max(1, workflow.cores or 1)
+# A heavy rule's process either waits for a SLURM job or does the work itself; on a small machine two
+# single-threaded trainings get more done than one with two threads (the networks are many small ops).
+HEAVY_THREADS = 1 if CFG.launcher.executor == "slurm" else max(1, (workflow.cores or 1) // 2)
 
 
 def _alternatives(names):

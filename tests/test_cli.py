@@ -1,0 +1,101 @@
+"""The `scnas` command: help for every stage, one-line errors, no partial output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import cli_env
+from scnas.cli import build_parser
+
+STAGES = ["synth", "check", "splits", "preprocess", "search", "train", "retrain", "predict", "evaluate", "table"]
+
+
+def scnas(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scnas", *args], env=cli_env(), capture_output=True, text=True)
+
+
+def test_help_lists_every_stage():
+    result = scnas("--help")
+    assert result.returncode == 0
+    for stage in STAGES:
+        assert stage in result.stdout
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_has_help(stage, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([stage, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: scnas " + stage in capsys.readouterr().out
+
+
+def _one_line_error(result: subprocess.CompletedProcess, command: str, *fragments: str) -> str:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"scnas {command}: error: "), last
+    for fragment in fragments:
+        assert fragment in last, last
+    return last
+
+
+def test_missing_dataset_folder_is_named(tmp_path):
+    missing = tmp_path / "nope"
+    _one_line_error(scnas("check", "--dataset", str(missing)), "check", str(missing), "not found")
+    out = tmp_path / "pre"
+    _one_line_error(scnas("preprocess", "--dataset", str(missing), "--out", str(out)), "preprocess", str(missing))
+    assert not out.exists()
+
+
+def test_check_lists_every_problem_then_fails(tmp_path, tiny_task):
+    import shutil
+
+    root = tmp_path / "task"
+    shutil.copytree(tiny_task["raw"], root)
+    images = sorted((root / "imagesTr").iterdir())
+    images[0].write_bytes(b"not a nifti")
+    images[1].unlink()
+    report = tmp_path / "check.json"
+    result = scnas("check", "--dataset", str(root), "--report", str(report))
+    _one_line_error(result, "check", "2 problems")
+    assert images[0].name in result.stderr and images[1].name in result.stderr
+    assert not report.exists()
+    ok = scnas("check", "--dataset", str(tiny_task["raw"]), "--report", str(report))
+    assert ok.returncode == 0 and json.loads(report.read_text())["cases"]
+
+
+def test_preprocess_refuses_an_invalid_dataset_before_writing(tmp_path, tiny_task):
+    import shutil
+
+    root = tmp_path / "task"
+    shutil.copytree(tiny_task["raw"], root)
+    sorted((root / "labelsTr").iterdir())[-1].unlink()
+    out = tmp_path / "pre"
+    _one_line_error(scnas("preprocess", "--dataset", str(root), "--out", str(out)), "preprocess", "labelsTr")
+    assert not out.exists()
+
+
+def test_bad_config_key_is_named(tmp_path, tiny_task):
+    result = scnas("preprocess", "--dataset", str(tiny_task["raw"]), "--out", str(tmp_path / "p"),
+                   "--config", json.dumps({"preprocess": {"spacng": [1, 1, 1]}}))
+    _one_line_error(result, "preprocess", "config key preprocess", "'spacng'")
+
+
+def test_bad_genotype_is_refused_before_training(tmp_path, tiny_task):
+    genotype = tmp_path / "genotype.json"
+    genotype.write_text(json.dumps({"format": "scnas-genotype", "version": 99}))
+    result = scnas("train", "--model", "scnas", "--genotype", str(genotype), "--preprocessed", str(tiny_task["pre"]),
+                   "--splits", str(tiny_task["splits"]), "--fold", "0", "--out", str(tmp_path / "fold_0"))
+    _one_line_error(result, "train", str(genotype), "version")
+    assert not (tmp_path / "fold_0").exists()
+
+
+def test_splits_command_writes_nnunet_format(tmp_path, tiny_task):
+    out = tmp_path / "splits_final.json"
+    assert scnas("splits", "--dataset", str(tiny_task["raw"]), "--out", str(out), "--seed", "1").returncode == 0
+    splits = json.loads(out.read_text())
+    assert len(splits) == 5 and all(set(f) == {"train", "val"} for f in splits)

@@ -1,0 +1,165 @@
+"""The training engine: patch sampling, learning, checkpoint/resume after SIGKILL, and the search loop."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cli_env
+from scnas.config import stage_from_dict
+from scnas.data.preprocess import load_preprocessed
+from scnas.train.checkpoint import load_checkpoint
+from scnas.train.retrain import RetrainRequest, retrain
+from scnas.train.sampler import PatchSampler
+from scnas.train.search import SearchRequest, search, temperature
+
+NO_AUG = {k: 0.0 for k in ("p_rotation", "p_scaling", "p_elastic", "p_noise", "p_blur", "p_brightness",
+                           "p_contrast", "p_gamma", "p_gamma_invert")}
+
+
+def _stage(**train):
+    return stage_from_dict({"train": {"batch_size": 2, "uresnet_channels": 4, "lr": 1e-3, "amp": False,
+                                      "augmentation": NO_AUG, **train}})
+
+
+def _log(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_patch_sampler_oversamples_foreground_and_pads(tiny_task):
+    pre = tiny_task["pre"]
+    ids = sorted(p.name[:-5] for p in pre.glob("*.json") if p.name != "plans.json")
+    cases = [load_preprocessed(pre, c) for c in ids]
+    big = tuple(s + 5 for s in cases[0].image.shape[1:])
+    sampler = PatchSampler(cases[:1], big, foreground_fraction=1.0)
+    image, label = sampler.read(sampler.draw(np.random.default_rng(0)))
+    assert image.shape == (1, *big) and label.shape == big
+    assert label.sum() == (np.asarray(cases[0].label) > 0).sum()  # the whole case fits: every label voxel is in
+
+    always = PatchSampler(cases, (8, 8, 8), foreground_fraction=1.0)
+    never = PatchSampler(cases, (8, 8, 8), foreground_fraction=0.0)
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
+    fg_always = np.mean([(always.read(always.draw(rng_a))[1] > 0).any() for _ in range(60)])
+    fg_never = np.mean([(never.read(never.draw(rng_b))[1] > 0).mean() for _ in range(60)])
+    assert fg_always == 1.0
+    assert fg_never < 0.5
+
+
+def test_global_batch_is_sliced_across_ranks(tiny_task):
+    pre = tiny_task["pre"]
+    ids = sorted(p.name[:-5] for p in pre.glob("*.json") if p.name != "plans.json")
+    sampler = PatchSampler.from_dir(pre, ids, (8, 8, 8), 0.33)
+    whole = list(sampler.batches(seed=3, epoch=2, iterations=3, global_batch=4))
+    halves = [list(sampler.batches(seed=3, epoch=2, iterations=3, global_batch=4, rank=r, world_size=2)) for r in (0, 1)]
+    for it in range(3):
+        np.testing.assert_array_equal(np.concatenate([halves[0][it][0], halves[1][it][0]]), whole[it][0])
+        np.testing.assert_array_equal(np.concatenate([halves[0][it][1], halves[1][it][1]]), whole[it][1])
+    assert not np.array_equal(whole[0][0], list(sampler.batches(3, 3, 1, 4))[0][0])
+
+
+def test_training_lowers_the_loss_and_writes_a_final_model(tiny_task, tmp_path):
+    out = tmp_path / "uresnet" / "fold_0"
+    retrain(RetrainRequest(tiny_task["pre"], tiny_task["splits"], 0, out, "uresnet",
+                           _stage(max_epochs=12, iterations_per_epoch=8)))
+    losses = [float(r["train_loss"]) for r in _log(out / "training_log.csv")]
+    assert len(losses) == 12
+    assert np.mean(losses[-3:]) < 0.8 * losses[0], losses
+    final = torch.load(out / "checkpoint_final.pt", weights_only=True)
+    assert final["format"] == "scnas-model" and final["trained"]["epochs"] == 12
+    model = json.loads((out / "model.json").read_text())
+    assert model["gflops"] > 0 and model["gflops"] == model["uresnet_gflops"]
+
+
+def test_lr_drops_on_plateau_and_training_stops_below_min_lr(tiny_task, tmp_path):
+    out = tmp_path / "run"
+    retrain(RetrainRequest(tiny_task["pre"], tiny_task["splits"], 1, out, "uresnet",
+                           _stage(max_epochs=30, iterations_per_epoch=1, lr=1e-6, patience=1, lr_factor=0.1,
+                                  min_lr=1e-8)))
+    rows = _log(out / "training_log.csv")
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] == 1e-6 and min(lrs) < 1e-7
+    assert len(rows) < 30  # stopped once lr < min_lr
+
+
+def _train_cmd(task, out: Path, max_epochs: int) -> list[str]:
+    config = {"seed": 5, "train": {"batch_size": 2, "uresnet_channels": 4, "max_epochs": max_epochs,
+                                   "iterations_per_epoch": 6, "amp": False}}
+    return [sys.executable, "-m", "scnas", "train", "--model", "uresnet", "--preprocessed", str(task["pre"]),
+            "--splits", str(task["splits"]), "--fold", "2", "--out", str(out), "--config", json.dumps(config)]
+
+
+def test_resume_after_sigkill_gives_the_same_weights(tiny_task, tmp_path):
+    epochs = 10
+    straight = tmp_path / "straight"
+    subprocess.run(_train_cmd(tiny_task, straight, epochs), env=cli_env(), check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(tiny_task, killed, epochs), env=cli_env(), stderr=subprocess.DEVNULL)
+    log = killed / "training_log.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(_log(log)) >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "checkpoint_final.pt").exists(), "the run finished before it could be killed"
+    resumed_from = load_checkpoint(killed / "checkpoint_latest.pt")["epoch"] + 1
+    assert 3 <= resumed_from < epochs
+
+    result = subprocess.run(_train_cmd(tiny_task, killed, epochs), env=cli_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {killed / 'checkpoint_latest.pt'} from epoch {resumed_from}" in result.stderr
+    a = torch.load(straight / "checkpoint_final.pt", weights_only=True)["state_dict"]
+    b = torch.load(killed / "checkpoint_final.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert _log(straight / "training_log.csv")[-1]["train_loss"] == _log(killed / "training_log.csv")[-1]["train_loss"]
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tiny_task, tmp_path):
+    out = tmp_path / "fold"
+    retrain(RetrainRequest(tiny_task["pre"], tiny_task["splits"], 0, out, "uresnet", _stage(max_epochs=1, iterations_per_epoch=1)))
+    (out / "checkpoint_final.pt").unlink()
+    from scnas.errors import ScnasError
+
+    with pytest.raises(ScnasError, match="another model or config"):
+        retrain(RetrainRequest(tiny_task["pre"], tiny_task["splits"], 0, out, "uresnet",
+                               stage_from_dict({"train": {"uresnet_channels": 8, "max_epochs": 2}})))
+
+
+def test_temperature_anneals_from_start_to_end():
+    cfg = stage_from_dict({"search": {"epochs": 5, "tau": {"start": 4.0, "end": 0.25}}}).search
+    taus = [temperature(cfg, e) for e in range(5)]
+    assert taus[0] == pytest.approx(4.0) and taus[-1] == pytest.approx(0.25)
+    assert all(b < a for a, b in zip(taus, taus[1:]))
+    assert taus[2] == pytest.approx(1.0)  # geometric mean: exponential schedule
+
+
+def test_search_moves_alpha_lowers_the_architecture_loss_and_writes_a_genotype(tiny_task, tmp_path):
+    stage = stage_from_dict({"search": {"stem_channels": 8, "batch_size": 2, "epochs": 6, "iterations_per_epoch": 6,
+                                        "amp": False, "weight_lr": 0.01, "alpha_lr": 0.05, "augmentation": NO_AUG,
+                                        "tau": {"start": 2.0, "end": 0.5}}})
+    out = tmp_path / "search" / "fold_0"
+    search(SearchRequest(tiny_task["pre"], tiny_task["splits"], 0, out, stage, task="tiny"))
+    rows = _log(out / "search_log.csv")
+    arch = [float(r["arch_loss"]) for r in rows]
+    assert np.mean(arch[-2:]) < np.mean(arch[:2]), arch
+    history = json.loads((out / "alpha_history.json").read_text())
+    first, last = np.array(history[0]["softmax_alpha"]["encoder_normal"]), np.array(history[-1]["softmax_alpha"]["encoder_normal"])
+    assert np.abs(last - first).max() > 1e-3
+    genotype = json.loads((out / "genotype.json").read_text())
+    assert genotype["format"] == "scnas-genotype" and genotype["source"]["fold"] == 0
+    split = json.loads((out / "search_split.json").read_text())
+    assert not set(split["weight_cases"]) & set(split["arch_cases"])

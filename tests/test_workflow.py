@@ -1,0 +1,92 @@
+"""The Snakemake DAG: lint-clean, the whole MSD study dry-runs, and a tiny synthetic study runs for real."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import BIN, REPO, cli_env
+
+
+def snakemake(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "snakemake"), *args], cwd=REPO, env=cli_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    table = dry_run_output.split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_workflow_is_lint_clean():
+    result = snakemake("--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_the_whole_msd_study_dry_runs(tmp_path):
+    for task in ("Task01_BrainTumour", "Task02_Heart", "Task06_Lung"):
+        (tmp_path / task).mkdir()
+        (tmp_path / task / "dataset.json").write_text("{}")
+    result = snakemake("-n", "--cores", "2", "--config", f"data_root={tmp_path}", f"results={tmp_path / 'results'}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["check"] == counts["splits"] == counts["preprocess"] == 3
+    assert counts["search"] == 15
+    assert counts["train"] == counts["predict"] == counts["evaluate"] == 5 * (2 + 3 + 3)
+    assert counts["cv_table_task"] == 3 and counts["cv_table"] == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory) -> tuple[Path, list[str]]:
+    root = tmp_path_factory.mktemp("study")
+    extra = {
+        "results": str(root / "results"),
+        "run_tasks": ["Tiny"],
+        "models": ["uresnet"],
+        "tasks": {"Tiny": {"synthetic": {"kind": "heart", "cases": 5, "seed": 3, "size": 24}}},
+        "transfer": {"source_task": None, "targets": []},
+        "preprocess": {"spacing": [2.0, 2.0, 2.0]},
+        "plan": {"patch_size": [16, 16, 16]},
+        "train": {"max_epochs": 1, "iterations_per_epoch": 2, "uresnet_channels": 4},
+    }
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(extra))
+    args = ["--profile", "profiles/local", "--configfiles", "config/demo.yaml", str(path)]
+    return root, args
+
+
+def test_first_stages_run_on_a_synthetic_task(tiny_study):
+    root, args = tiny_study
+    result = snakemake("results/Tiny/preprocessed/plans.json".replace("results", str(root / "results")), *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    res = root / "results" / "Tiny"
+    assert json.loads((res / "check.json").read_text())["cases"]
+    assert len(json.loads((res / "splits_final.json").read_text())) == 5
+    assert len(list((res / "preprocessed").glob("*_seg.npy"))) == 5
+    assert (res / "logs" / "preprocess.log").read_text().strip()
+
+
+def test_tiny_study_runs_end_to_end_and_one_fold_reruns_alone(tiny_study):
+    root, args = tiny_study
+    result = snakemake(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    res = root / "results"
+    table = (res / "cv_table.md").read_text()
+    assert "3D U-ResNet" in table and "left atrium" in table
+    assert (res / "Tiny" / "cv_table.tex").exists() and (res / "Tiny" / "cv_table.csv").exists()
+    for fold in range(5):
+        assert (res / "Tiny" / "uresnet" / f"fold_{fold}" / "metrics.csv").exists()
+
+    (res / "Tiny" / "uresnet" / "fold_2" / "checkpoint_final.pt").unlink()
+    dry = snakemake("-n", *args)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    counts = job_counts(dry.stdout)
+    assert counts["train"] == counts["predict"] == counts["evaluate"] == 1
+    assert "fold=2" in dry.stdout and "fold=1" not in dry.stdout
+    assert counts.get("preprocess", 0) == 0 and counts.get("search", 0) == 0
