@@ -65,10 +65,12 @@ def cmd_check(args: argparse.Namespace) -> None:
     from scnas.io import write_json
 
     dataset, problems = check_dataset(Path(args.dataset), threads=args.threads, progress=True)
+    if len(problems) == 1:
+        raise ScnasError(problems[0])
     if problems:
         for line in problems:
             print(line, file=sys.stderr)
-        raise ScnasError(f"{args.dataset}: {len(problems)} problem{'s' if len(problems) > 1 else ''} found")
+        raise ScnasError(f"{args.dataset}: {len(problems)} problems found (listed above)")
     log.info("%s: %d cases, %d channels (%s), labels %s: all good", args.dataset, len(dataset.cases),
              dataset.num_channels, ", ".join(dataset.modalities), dataset.labels)
     if args.report:

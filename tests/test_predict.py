@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -94,7 +95,7 @@ def test_corrupt_and_foreign_checkpoints_are_refused(model, tmp_path):
     assert result.returncode == 1 and "another architecture" in result.stderr.splitlines()[-1]
 
     pickled = tmp_path / "pickled.pt"
-    torch.save({"format": "scnas-model", "payload": object.__new__(Path)}, pickled)
+    torch.save({"format": "scnas-model", "payload": argparse.Namespace(run="code")}, pickled)
     result = _predict("--model", str(pickled), "--images", str(scans), "--out", str(tmp_path / "c"))
     assert result.returncode == 1 and "not a readable checkpoint" in result.stderr.splitlines()[-1]
     assert not any((tmp_path / d).exists() for d in "abc")

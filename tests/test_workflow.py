@@ -63,9 +63,9 @@ def tiny_study(tmp_path_factory) -> tuple[Path, list[str]]:
 
 def test_first_stages_run_on_a_synthetic_task(tiny_study):
     root, args = tiny_study
-    result = snakemake("results/Tiny/preprocessed/plans.json".replace("results", str(root / "results")), *args)
-    assert result.returncode == 0, result.stdout + result.stderr
     res = root / "results" / "Tiny"
+    result = snakemake(str(res / "preprocessed" / "plans.json"), str(res / "splits_final.json"), *args)
+    assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads((res / "check.json").read_text())["cases"]
     assert len(json.loads((res / "splits_final.json").read_text())) == 5
     assert len(list((res / "preprocessed").glob("*_seg.npy"))) == 5
@@ -90,3 +90,4 @@ def test_tiny_study_runs_end_to_end_and_one_fold_reruns_alone(tiny_study):
     assert counts["train"] == counts["predict"] == counts["evaluate"] == 1
     assert "fold=2" in dry.stdout and "fold=1" not in dry.stdout
     assert counts.get("preprocess", 0) == 0 and counts.get("search", 0) == 0
+    assert counts["cv_table"] == counts["cv_table_task"] == 1

@@ -61,4 +61,13 @@ def fold_metrics(task):
 
 
 def study_targets():
-    return [f"{RES}/{task}/cv_table.md" for task in TASKS] + [f"{RES}/cv_table.md"]
+    """The tables, and every fold's checkpoint and summary: naming them as targets makes a deleted
+    checkpoint (or fold folder) rerun that fold, which Snakemake does not do for intermediate files."""
+    folds = [
+        f"{RES}/{task}/{model}/fold_{fold}/{name}"
+        for task in TASKS
+        for model in CFG.models_for(task)
+        for fold in CFG.folds
+        for name in ("checkpoint_final.pt", "summary.json")
+    ]
+    return folds + [f"{RES}/{task}/cv_table.md" for task in TASKS] + [f"{RES}/cv_table.md"]
