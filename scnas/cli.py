@@ -223,7 +223,7 @@ def _run_heavy(args: argparse.Namespace, stage, rule: str, target: str, kwargs: 
     job = Job(name=f"scnas-{rule}-{out.parent.name}-{out.name}" if rule != "predict" else f"scnas-predict-{out.parent.name}",
               target=target, kwargs={**kwargs, "stage": dataclass_to_dict(stage)},
               resources=launcher.resources(rule), log_dir=out.parent / "logs" / out.name,
-              checkpointable=rule != "predict")
+              checkpointable=True)
     result = run_job(job, launcher)
     if result is not None:
         log.info("%s finished: %s", rule, json.dumps(result, default=str))
