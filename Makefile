@@ -24,6 +24,9 @@ demo: $(STAMP)
 	@echo; cat results/cv_table.md
 
 lint: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
+	$(BIN)/ruff check scnas tests benchmarks
+	$(BIN)/ruff format --check scnas tests benchmarks
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint
 
 bench: $(STAMP)

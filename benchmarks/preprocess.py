@@ -34,8 +34,12 @@ def run_worker(dataset_dir: Path, out_dir: Path) -> dict:
     start = time.perf_counter()
     properties = preprocess_case(case, plans, out_dir)
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_after_imports_mb": rss_before, "resampled_shape": properties["resampled_shape"]}
+    return {
+        "wall_s": wall,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_after_imports_mb": rss_before,
+        "resampled_shape": properties["resampled_shape"],
+    }
 
 
 def split_timings(dataset_dir: Path, repeats: int) -> dict:
@@ -77,8 +81,13 @@ def _in_subprocess(*args: str) -> dict:
     Linux carries the parent's peak RSS into a child's getrusage, so the parent stays small: all heavy
     work happens in children.
     """
-    done = subprocess.run([sys.executable, "-m", "benchmarks.preprocess", *args], check=True, capture_output=True,
-                          text=True, cwd=Path(__file__).parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.preprocess", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -105,8 +114,12 @@ def main(argv: list[str] | None = None) -> None:
         split = _in_subprocess("--mode", "split", "--dir", tmp, "--repeats", str(args.repeats))
 
     result = {
-        "case": {"shape": [*SHAPE, 4], "spacing_mm": 1.0, "target_spacing_mm": args.spacing,
-                 "preprocessed_shape": runs[0]["resampled_shape"]},
+        "case": {
+            "shape": [*SHAPE, 4],
+            "spacing_mm": 1.0,
+            "target_spacing_mm": args.spacing,
+            "preprocessed_shape": runs[0]["resampled_shape"],
+        },
         "wall_s_median": statistics.median(r["wall_s"] for r in runs),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
         "rss_after_imports_mb": max(r["rss_after_imports_mb"] for r in runs),
@@ -118,8 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = [
         ["preprocess_case (load + compute + write), median of %d" % args.repeats, f"{result['wall_s_median']:.2f} s"],
         ["  of which: load NIfTI (.nii.gz)", f"{split['load_s']:.2f} s"],
-        ["  of which: preprocess_arrays (reorient, crop, resample, normalise)",
-         f"{split['preprocess_arrays_s']:.2f} s"],
+        [
+            "  of which: preprocess_arrays (reorient, crop, resample, normalise)",
+            f"{split['preprocess_arrays_s']:.2f} s",
+        ],
         ["peak RSS of a fresh process", f"{result['peak_rss_mb']:.0f} MB"],
         ["  RSS after imports (python, torch, nibabel)", f"{result['rss_after_imports_mb']:.0f} MB"],
     ]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -101,8 +100,8 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
         seconds.append(time.perf_counter() - start)
     result = {
         **cfg,
-        "step_seconds": seconds[cfg["warmup"]:],
-        "median_seconds": statistics.median(seconds[cfg["warmup"]:]),
+        "step_seconds": seconds[cfg["warmup"] :],
+        "median_seconds": statistics.median(seconds[cfg["warmup"] :]),
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB,
         "rss_before_gib": rss_before / GIB,
     }
@@ -112,11 +111,17 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def run_worker(cfg: dict[str, Any], stop_bytes: int | None = None, reserve_bytes: int = 0,
-               max_seconds: float | None = None) -> dict[str, Any]:
+def run_worker(
+    cfg: dict[str, Any], stop_bytes: int | None = None, reserve_bytes: int = 0, max_seconds: float | None = None
+) -> dict[str, Any]:
     """Run `worker(cfg)` in a fresh interpreter; optionally stop it on RSS, free memory or time."""
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.search_step", "--worker", json.dumps(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.search_step", "--worker", json.dumps(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
     start, peak, stopped = time.monotonic(), 0, None
     while proc.poll() is None:
         try:
@@ -146,24 +151,38 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     runs = []
     for device in devices:
         for sampling in ("two", "all", "one"):
-            cfg = {"device": device, "sampling": sampling, "patch": args.patch, "stem": args.stem,
-                   "batch": args.batch, "tau": args.tau, "threads": args.threads, "warmup": args.warmup,
-                   "steps": args.steps}
+            cfg = {
+                "device": device,
+                "sampling": sampling,
+                "patch": args.patch,
+                "stem": args.stem,
+                "batch": args.batch,
+                "tau": args.tau,
+                "threads": args.threads,
+                "warmup": args.warmup,
+                "steps": args.steps,
+            }
             print(f"{device} {sampling}: patch {args.patch}^3, stem {args.stem}, batch {args.batch} ...", flush=True)
             result = run_worker(cfg)
-            print(f"  {result['status']}  {result.get('step_rss_gib', float('nan')):.2f} GiB  "
-                  f"{result.get('median_seconds', float('nan')):.1f} s", flush=True)
+            print(
+                f"  {result['status']}  {result.get('step_rss_gib', float('nan')):.2f} GiB  "
+                f"{result.get('median_seconds', float('nan')):.1f} s",
+                flush=True,
+            )
             runs.append(result)
     ratios = {}
     for device in devices:
         by = {r["sampling"]: r for r in runs if r["device"] == device and r["status"] == "ok"}
         if "two" in by and "all" in by:
-            ratio = {"time_two_over_all": by["two"]["median_seconds"] / by["all"]["median_seconds"],
-                     "rss_two_over_all": by["two"]["step_rss_gib"] / by["all"]["step_rss_gib"]}
+            ratio = {
+                "time_two_over_all": by["two"]["median_seconds"] / by["all"]["median_seconds"],
+                "rss_two_over_all": by["two"]["step_rss_gib"] / by["all"]["step_rss_gib"],
+            }
             if device == "cuda":
                 ratio["cuda_mem_two_over_all"] = by["two"]["step_cuda_gib"] / by["all"]["step_cuda_gib"]
-            ratio["two_at_most_0.4x_all_memory"] = max(
-                v for k, v in ratio.items() if "rss" in k or "cuda_mem" in k) <= 0.4
+            ratio["two_at_most_0.4x_all_memory"] = (
+                max(v for k, v in ratio.items() if "rss" in k or "cuda_mem" in k) <= 0.4
+            )
             ratio["two_at_most_0.4x_all_time"] = ratio["time_two_over_all"] <= 0.4
             ratios[device] = ratio
     return {"runs": runs, "ratios": ratios}
@@ -173,13 +192,29 @@ def max_patch(args: argparse.Namespace) -> dict[str, Any]:
     trials = []
     size = args.start
     while size <= args.max_size:
-        cfg = {"device": "cpu", "sampling": "two", "patch": size, "stem": args.max_patch_stem, "batch": 1,
-               "tau": args.tau, "threads": args.threads, "warmup": 0, "steps": 1}
+        cfg = {
+            "device": "cpu",
+            "sampling": "two",
+            "patch": size,
+            "stem": args.max_patch_stem,
+            "batch": 1,
+            "tau": args.tau,
+            "threads": args.threads,
+            "warmup": 0,
+            "steps": 1,
+        }
         print(f"max-patch: {size}^3, stem {args.max_patch_stem} ...", flush=True)
-        result = run_worker(cfg, stop_bytes=int(min(args.stop_gib, args.limit_gib) * GIB),
-                            reserve_bytes=int(args.reserve_gib * GIB), max_seconds=args.max_seconds)
-        print(f"  {result['status']}  step {result.get('step_rss_gib', float('nan')):.2f} GiB  "
-              f"{result.get('median_seconds', float('nan')):.0f} s", flush=True)
+        result = run_worker(
+            cfg,
+            stop_bytes=int(min(args.stop_gib, args.limit_gib) * GIB),
+            reserve_bytes=int(args.reserve_gib * GIB),
+            max_seconds=args.max_seconds,
+        )
+        print(
+            f"  {result['status']}  step {result.get('step_rss_gib', float('nan')):.2f} GiB  "
+            f"{result.get('median_seconds', float('nan')):.0f} s",
+            flush=True,
+        )
         trials.append(result)
         if result["status"] != "ok" or result["peak_rss_gib"] > args.limit_gib:
             break
@@ -187,7 +222,10 @@ def max_patch(args: argparse.Namespace) -> dict[str, Any]:
     measured = [t for t in trials if t["status"] == "ok"]
     fits = [t["patch"] for t in measured if t["peak_rss_gib"] <= args.limit_gib]
     summary: dict[str, Any] = {
-        "limit_gib": args.limit_gib, "stop_gib": args.stop_gib, "stem": args.max_patch_stem, "trials": trials,
+        "limit_gib": args.limit_gib,
+        "stop_gib": args.stop_gib,
+        "stem": args.max_patch_stem,
+        "trials": trials,
         "largest_measured_fit": max(fits) if fits else None,
     }
     if len(measured) >= 2:
@@ -202,8 +240,9 @@ def max_patch(args: argparse.Namespace) -> dict[str, Any]:
                 break
             size += 16
         summary["estimated_peak_rss_gib"] = estimates
-        summary["estimated_largest_fit"] = max([s for s, g in estimates.items() if g <= args.limit_gib]
-                                               + [summary["largest_measured_fit"] or 0])
+        summary["estimated_largest_fit"] = max(
+            [s for s, g in estimates.items() if g <= args.limit_gib] + [summary["largest_measured_fit"] or 0]
+        )
     return summary
 
 
@@ -212,33 +251,56 @@ def markdown(result: dict[str, Any]) -> str:
     comp = result.get("compare")
     if comp:
         first = comp["runs"][0]
-        text.append(f"Patch {first['patch']}^3, stem {first['stem']}, batch {first['batch']}, {IN_CHANNELS} input "
-                    f"channels, {NUM_CLASSES} classes, tau {first['tau']}, {first['threads']} CPU thread(s); "
-                    f"median of {first['steps']} steps after {first['warmup']} warm-up. A step = weight "
-                    "forward/backward/Adam + alpha forward/backward/Adam. Memory = peak RSS of a fresh process "
-                    "minus its RSS before the first step.\n")
-        rows = [[r["device"], r["sampling"], r["status"], f"{r.get('step_rss_gib', float('nan')):.2f}",
-                 f"{r['step_cuda_gib']:.2f}" if "step_cuda_gib" in r else "-",
-                 f"{r.get('median_seconds', float('nan')):.2f}"] for r in comp["runs"]]
-        text.append(markdown_table(["device", "sampling", "status", "step memory (GiB RSS)", "CUDA (GiB)",
-                                    "median step (s)"], rows))
+        text.append(
+            f"Patch {first['patch']}^3, stem {first['stem']}, batch {first['batch']}, {IN_CHANNELS} input "
+            f"channels, {NUM_CLASSES} classes, tau {first['tau']}, {first['threads']} CPU thread(s); "
+            f"median of {first['steps']} steps after {first['warmup']} warm-up. A step = weight "
+            "forward/backward/Adam + alpha forward/backward/Adam. Memory = peak RSS of a fresh process "
+            "minus its RSS before the first step.\n"
+        )
+        rows = [
+            [
+                r["device"],
+                r["sampling"],
+                r["status"],
+                f"{r.get('step_rss_gib', float('nan')):.2f}",
+                f"{r['step_cuda_gib']:.2f}" if "step_cuda_gib" in r else "-",
+                f"{r.get('median_seconds', float('nan')):.2f}",
+            ]
+            for r in comp["runs"]
+        ]
+        text.append(
+            markdown_table(
+                ["device", "sampling", "status", "step memory (GiB RSS)", "CUDA (GiB)", "median step (s)"], rows
+            )
+        )
         for device, ratio in comp["ratios"].items():
             parts = ", ".join(f"{k} = {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in ratio.items())
             text.append(f"\n{device}: {parts}\n")
     mp = result.get("max_patch")
     if mp:
-        text.append(f"\n## Largest cubic patch for a stem-{mp['stem']} two-op search step on CPU "
-                    f"(limit {mp['limit_gib']} GiB, this run stopped at {mp['stop_gib']} GiB)\n")
-        rows = [[f"{t['patch']}^3", t["status"],
-                 f"{t['peak_rss_gib']:.2f}" if "peak_rss_gib" in t else f">= {t['watched_peak_rss_gib']:.2f}",
-                 f"{t['step_rss_gib']:.2f}" if "step_rss_gib" in t else "-",
-                 f"{t['median_seconds']:.0f}" if "median_seconds" in t else "-"] for t in mp["trials"]]
+        text.append(
+            f"\n## Largest cubic patch for a stem-{mp['stem']} two-op search step on CPU "
+            f"(limit {mp['limit_gib']} GiB, this run stopped at {mp['stop_gib']} GiB)\n"
+        )
+        rows = [
+            [
+                f"{t['patch']}^3",
+                t["status"],
+                f"{t['peak_rss_gib']:.2f}" if "peak_rss_gib" in t else f">= {t['watched_peak_rss_gib']:.2f}",
+                f"{t['step_rss_gib']:.2f}" if "step_rss_gib" in t else "-",
+                f"{t['median_seconds']:.0f}" if "median_seconds" in t else "-",
+            ]
+            for t in mp["trials"]
+        ]
         text.append(markdown_table(["patch", "status", "peak RSS (GiB)", "step memory (GiB)", "step (s)"], rows))
         text.append(f"\nLargest measured patch that fits: {mp['largest_measured_fit']}^3.\n")
         if "estimated_peak_rss_gib" in mp:
             est = ", ".join(f"{s}^3: {g} GiB" for s, g in mp["estimated_peak_rss_gib"].items())
-            text.append(f"Extrapolated (linear in voxels, not measured): {est}; largest estimated fit "
-                        f"{mp['estimated_largest_fit']}^3.\n")
+            text.append(
+                f"Extrapolated (linear in voxels, not measured): {est}; largest estimated fit "
+                f"{mp['estimated_largest_fit']}^3.\n"
+            )
     text.append(f"\nMachine: {json.dumps(result['machine'])}\n")
     return "\n".join(text)
 

@@ -55,8 +55,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run(network: nn.Module, image: torch.Tensor, patch: tuple[int, ...], overlap: float, batch_size: int,
-        mirror_axes: tuple[int, ...], repeats: int) -> dict:
+def run(
+    network: nn.Module,
+    image: torch.Tensor,
+    patch: tuple[int, ...],
+    overlap: float,
+    batch_size: int,
+    mirror_axes: tuple[int, ...],
+    repeats: int,
+) -> dict:
     """Best-of-`repeats` total time with its model time and the overhead share."""
     best = None
     for _ in range(repeats):
@@ -67,9 +74,14 @@ def run(network: nn.Module, image: torch.Tensor, patch: tuple[int, ...], overlap
         _sync(image.device)
         total = time.perf_counter() - start
         if best is None or total < best["total_s"]:
-            best = {"mirror_axes": list(mirror_axes), "total_s": total, "model_s": predictor.seconds,
-                    "overhead_s": total - predictor.seconds, "overhead_share": (total - predictor.seconds) / total,
-                    "predictor_calls": predictor.calls}
+            best = {
+                "mirror_axes": list(mirror_axes),
+                "total_s": total,
+                "model_s": predictor.seconds,
+                "overhead_s": total - predictor.seconds,
+                "overhead_share": (total - predictor.seconds) / total,
+                "predictor_calls": predictor.calls,
+            }
     return best
 
 
@@ -105,17 +117,31 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.no_grad():
         network(torch.zeros((args.batch_size, args.in_channels, *patch), device=device))
 
-    runs = [run(network, image, patch, args.overlap, args.batch_size, axes, args.repeats)
-            for axes in ((), (0, 1, 2))]
+    runs = [run(network, image, patch, args.overlap, args.batch_size, axes, args.repeats) for axes in ((), (0, 1, 2))]
     result = {
         "machine": {**machine(), "device": str(device)},
-        "volume": list(args.shape), "patch": list(patch), "in_channels": args.in_channels,
-        "classes": args.classes, "overlap": args.overlap, "batch_size": args.batch_size, "windows": num_windows,
-        "model": model_text, "repeats": args.repeats, "runs": runs,
+        "volume": list(args.shape),
+        "patch": list(patch),
+        "in_channels": args.in_channels,
+        "classes": args.classes,
+        "overlap": args.overlap,
+        "batch_size": args.batch_size,
+        "windows": num_windows,
+        "model": model_text,
+        "repeats": args.repeats,
+        "runs": runs,
     }
-    rows = [[", ".join(map(str, r["mirror_axes"])) or "none", r["predictor_calls"], f"{r['total_s']:.2f}",
-             f"{r['model_s']:.2f}", f"{r['overhead_s']:.2f}", f"{100 * r['overhead_share']:.1f} %"]
-            for r in runs]
+    rows = [
+        [
+            ", ".join(map(str, r["mirror_axes"])) or "none",
+            r["predictor_calls"],
+            f"{r['total_s']:.2f}",
+            f"{r['model_s']:.2f}",
+            f"{r['overhead_s']:.2f}",
+            f"{100 * r['overhead_share']:.1f} %",
+        ]
+        for r in runs
+    ]
     m = result["machine"]
     markdown = (
         "# Sliding-window inference\n\n"
@@ -124,8 +150,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"{args.batch_size} windows per predictor call, {args.classes} output channels.\n"
         f"Model: {model_text}. Device: {device} ({m['cpu']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch "
         f"threads, torch {m['torch']}). Best of {args.repeats}.\n\n"
-        + markdown_table(["mirror axes", "predictor calls", "total (s)", "in model (s)", "overhead (s)",
-                          "overhead share"], rows)
+        + markdown_table(
+            ["mirror axes", "predictor calls", "total (s)", "in model (s)", "overhead (s)", "overhead share"], rows
+        )
     )
     json_path, md_path = write_result("sliding_window", result, markdown)
     print(markdown)

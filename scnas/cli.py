@@ -21,11 +21,17 @@ log = logging.getLogger("scnas")
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S", force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- config
+
 
 def stage_config(args: argparse.Namespace):
     """The stage settings: --config files/inline JSON merged, with --task's overrides applied."""
@@ -51,12 +57,20 @@ def launcher_config(args: argparse.Namespace, stage):
 
 # ---------------------------------------------------------------------------------------------- stages
 
+
 def cmd_synth(args: argparse.Namespace) -> None:
     from scnas.data.synthetic import make_synthetic_task
 
-    out = make_synthetic_task(args.kind, Path(args.out), cases=args.cases, seed=args.seed, size=args.size,
-                              shape=tuple(args.shape) if args.shape else None,
-                              spacing=tuple(args.spacing) if args.spacing else None, progress=True)
+    out = make_synthetic_task(
+        args.kind,
+        Path(args.out),
+        cases=args.cases,
+        seed=args.seed,
+        size=args.size,
+        shape=tuple(args.shape) if args.shape else None,
+        spacing=tuple(args.spacing) if args.spacing else None,
+        progress=True,
+    )
     log.info("wrote synthetic %s task with %d cases to %s", args.kind, args.cases, out)
 
 
@@ -71,12 +85,25 @@ def cmd_check(args: argparse.Namespace) -> None:
         for line in problems:
             print(line, file=sys.stderr)
         raise ScnasError(f"{args.dataset}: {len(problems)} problems found (listed above)")
-    log.info("%s: %d cases, %d channels (%s), labels %s: all good", args.dataset, len(dataset.cases),
-             dataset.num_channels, ", ".join(dataset.modalities), dataset.labels)
+    log.info(
+        "%s: %d cases, %d channels (%s), labels %s: all good",
+        args.dataset,
+        len(dataset.cases),
+        dataset.num_channels,
+        ", ".join(dataset.modalities),
+        dataset.labels,
+    )
     if args.report:
-        write_json(args.report, {"dataset": str(args.dataset), "name": dataset.name, "cases": list(dataset.case_ids),
-                                 "modalities": list(dataset.modalities),
-                                 "labels": {str(k): v for k, v in dataset.labels.items()}})
+        write_json(
+            args.report,
+            {
+                "dataset": str(args.dataset),
+                "name": dataset.name,
+                "cases": list(dataset.case_ids),
+                "modalities": list(dataset.modalities),
+                "labels": {str(k): v for k, v in dataset.labels.items()},
+            },
+        )
 
 
 def cmd_splits(args: argparse.Namespace) -> None:
@@ -114,16 +141,30 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     else:
         plans = make_plans(dataset, pre, stage.plan, threads=threads)
     preprocess_dataset(dataset, plans, out, case_ids=args.case, threads=threads, progress=True)
-    log.info("preprocessed %d cases into %s (spacing %s, patch %s)", len(args.case or dataset.cases), out,
-             plans["target_spacing"], plans["patch_size"])
+    log.info(
+        "preprocessed %d cases into %s (spacing %s, patch %s)",
+        len(args.case or dataset.cases),
+        out,
+        plans["target_spacing"],
+        plans["patch_size"],
+    )
 
 
 def cmd_search(args: argparse.Namespace) -> None:
     stage = stage_config(args)
-    _run_heavy(args, stage, "search", "scnas.launch.targets:search_target", {
-        "preprocessed": args.preprocessed, "splits": args.splits, "fold": args.fold, "out_dir": args.out,
-        "task": args.task or "",
-    })
+    _run_heavy(
+        args,
+        stage,
+        "search",
+        "scnas.launch.targets:search_target",
+        {
+            "preprocessed": args.preprocessed,
+            "splits": args.splits,
+            "fold": args.fold,
+            "out_dir": args.out,
+            "task": args.task or "",
+        },
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -134,10 +175,20 @@ def cmd_train(args: argparse.Namespace) -> None:
         from scnas.nas.genotype import load_genotype
 
         load_genotype(args.genotype)
-    _run_heavy(args, stage, "train", "scnas.launch.targets:train_target", {
-        "preprocessed": args.preprocessed, "splits": args.splits, "fold": args.fold, "out_dir": args.out,
-        "model": args.model, "genotype": args.genotype,
-    })
+    _run_heavy(
+        args,
+        stage,
+        "train",
+        "scnas.launch.targets:train_target",
+        {
+            "preprocessed": args.preprocessed,
+            "splits": args.splits,
+            "fold": args.fold,
+            "out_dir": args.out,
+            "model": args.model,
+            "genotype": args.genotype,
+        },
+    )
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -157,9 +208,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from scnas.train.checkpoint import load_model_checkpoint
 
     load_model_checkpoint(args.model)
-    _run_heavy(args, stage, "predict", "scnas.launch.targets:predict_target", {
-        "checkpoint": args.model, "images": images, "out_dir": args.out,
-    })
+    _run_heavy(
+        args,
+        stage,
+        "predict",
+        "scnas.launch.targets:predict_target",
+        {
+            "checkpoint": args.model,
+            "images": images,
+            "out_dir": args.out,
+        },
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -188,10 +247,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if not pred.exists():
             raise ScnasError(f"{pred}: prediction for case {case_id} not found")
         pairs.append((case_id, pred, dataset.case(case_id).label))
-    df = evaluate_cases(pairs, dataset.labels, Path(args.out), percentile=stage.evaluation.hd_percentile,
-                        threads=args.threads)
-    log.info("evaluated %d cases: mean Dice %s", len(cases),
-             df.groupby("label_name")["dice"].mean().round(4).to_dict())
+    df = evaluate_cases(
+        pairs, dataset.labels, Path(args.out), percentile=stage.evaluation.hd_percentile, threads=args.threads
+    )
+    log.info("evaluated %d cases: mean Dice %s", len(cases), df.groupby("label_name")["dice"].mean().round(4).to_dict())
 
 
 def cmd_table(args: argparse.Namespace) -> None:
@@ -220,10 +279,14 @@ def _run_heavy(args: argparse.Namespace, stage, rule: str, target: str, kwargs: 
 
     launcher = launcher_config(args, stage)
     out = Path(kwargs["out_dir"])
-    job = Job(name=f"scnas-{rule}-{out.parent.name}-{out.name}" if rule != "predict" else f"scnas-predict-{out.parent.name}",
-              target=target, kwargs={**kwargs, "stage": dataclass_to_dict(stage)},
-              resources=launcher.resources(rule), log_dir=out.parent / "logs" / out.name,
-              checkpointable=True)
+    job = Job(
+        name=f"scnas-{rule}-{out.parent.name}-{out.name}" if rule != "predict" else f"scnas-predict-{out.parent.name}",
+        target=target,
+        kwargs={**kwargs, "stage": dataclass_to_dict(stage)},
+        resources=launcher.resources(rule),
+        log_dir=out.parent / "logs" / out.name,
+        checkpointable=True,
+    )
     result = run_job(job, launcher)
     if result is not None:
         log.info("%s finished: %s", rule, json.dumps(result, default=str))
@@ -231,10 +294,15 @@ def _run_heavy(args: argparse.Namespace, stage, rule: str, target: str, kwargs: 
 
 # ---------------------------------------------------------------------------------------------- parser
 
+
 def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
     if config:
-        p.add_argument("--config", action="append", metavar="FILE_OR_JSON",
-                       help="config file (YAML/JSON) or inline JSON; repeat to layer several, later ones win")
+        p.add_argument(
+            "--config",
+            action="append",
+            metavar="FILE_OR_JSON",
+            help="config file (YAML/JSON) or inline JSON; repeat to layer several, later ones win",
+        )
         p.add_argument("--task", help="the task's name; its overrides apply when the config lists tasks")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 

@@ -169,10 +169,12 @@ class Resources:
 
     def over(self, base: "Resources") -> "Resources":
         """These resources with every unset key taken from `base`."""
-        return Resources(**{
-            f.name: getattr(base, f.name) if getattr(self, f.name) is None else getattr(self, f.name)
-            for f in dataclasses.fields(self)
-        })
+        return Resources(
+            **{
+                f.name: getattr(base, f.name) if getattr(self, f.name) is None else getattr(self, f.name)
+                for f in dataclasses.fields(self)
+            }
+        )
 
     @property
     def processes_per_node(self) -> int:
@@ -263,7 +265,8 @@ class Config:
     def models_for(self, task: str) -> tuple[str, ...]:
         """The models trained and tabulated for `task`: scnas_transfer only on transfer targets."""
         return tuple(
-            m for m in (self.task(task).models or self.models)
+            m
+            for m in (self.task(task).models or self.models)
             if m != "scnas_transfer" or (task in self.transfer.targets and self.transfer.source_task)
         )
 
@@ -430,8 +433,10 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
-               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
     list("-+0123456789."),
 )
 
@@ -491,7 +496,9 @@ def stage_from_dict(data: Mapping) -> StageConfig:
     """A StageConfig from a mapping holding (some of) seed and the sections; defaults fill the rest."""
     unknown = set(data) - {"seed", *SECTIONS}
     if unknown:
-        raise ConfigError(f"config key {sorted(unknown)[0]}: not a stage setting (allowed: seed, {', '.join(SECTIONS)})")
+        raise ConfigError(
+            f"config key {sorted(unknown)[0]}: not a stage setting (allowed: seed, {', '.join(SECTIONS)})"
+        )
     validated = validate(dict(data))
     return _build(StageConfig, validated, "")
 

@@ -11,8 +11,17 @@ from scnas.train.augment import augment_batch, elastic_displacement, gaussian_bl
 
 DEFAULTS = stage_from_dict({}).train.augmentation
 OFF = dataclasses.replace(
-    DEFAULTS, p_rotation=0.0, p_scaling=0.0, p_elastic=0.0, p_noise=0.0, p_blur=0.0,
-    p_brightness=0.0, p_contrast=0.0, p_gamma=0.0, p_gamma_invert=0.0, p_mirror=0.0,
+    DEFAULTS,
+    p_rotation=0.0,
+    p_scaling=0.0,
+    p_elastic=0.0,
+    p_noise=0.0,
+    p_blur=0.0,
+    p_brightness=0.0,
+    p_contrast=0.0,
+    p_gamma=0.0,
+    p_gamma_invert=0.0,
+    p_mirror=0.0,
 )
 
 
@@ -179,21 +188,27 @@ def test_gaussian_blur_matches_scipy(mode):
 
 def test_elastic_field_has_the_statistics_of_batchgenerators_full_resolution_field():
     shape, sigma, alpha, n = (48, 48, 48), 6.0, 100.0, 12
-    field = elastic_displacement(torch.Size(shape), torch.full((n,), alpha), torch.full((n,), sigma), (sigma, sigma), gen(1))
+    field = elastic_displacement(
+        torch.Size(shape), torch.full((n,), alpha), torch.full((n,), sigma), (sigma, sigma), gen(1)
+    )
     assert field.shape == (n, 3, *shape)
     rng = np.random.default_rng(1)
-    reference = np.stack([
-        ndimage.gaussian_filter(rng.uniform(-1, 1, shape), sigma, mode="constant") * alpha for _ in range(3 * n)
-    ])
+    reference = np.stack(
+        [ndimage.gaussian_filter(rng.uniform(-1, 1, shape), sigma, mode="constant") * alpha for _ in range(3 * n)]
+    )
     assert field.std().item() == pytest.approx(reference.std(), rel=0.1)
-    assert field[:, :, 12:36, 12:36, 12:36].std().item() == pytest.approx(reference[:, 12:36, 12:36, 12:36].std(), rel=0.15)
+    assert field[:, :, 12:36, 12:36, 12:36].std().item() == pytest.approx(
+        reference[:, 12:36, 12:36, 12:36].std(), rel=0.15
+    )
     smooth = (field[:, :, 1:] - field[:, :, :-1]).abs().mean() / field.abs().mean()
     assert smooth < 0.2
 
 
 def test_noise_uses_the_drawn_value_as_std_like_batchgenerators():
     image = torch.zeros(2, 1, 24, 24, 24)
-    out, _ = augment_batch(image, torch.zeros(2, 24, 24, 24, dtype=torch.long), cfg(p_noise=1.0, noise_variance=(0.25, 0.25)), gen())
+    out, _ = augment_batch(
+        image, torch.zeros(2, 24, 24, 24, dtype=torch.long), cfg(p_noise=1.0, noise_variance=(0.25, 0.25)), gen()
+    )
     assert out.std().item() == pytest.approx(0.25, rel=0.02)
     assert abs(out.mean().item()) < 0.01
 
@@ -213,7 +228,9 @@ def test_contrast_matches_float64_reference():
     out, _ = augment_batch(image, label, cfg(p_contrast=1.0, contrast=(1.25, 1.25)), gen())
     x = image.double().numpy()
     mean = x.mean(axis=(2, 3, 4), keepdims=True)
-    expected = np.clip((x - mean) * 1.25 + mean, x.min(axis=(2, 3, 4), keepdims=True), x.max(axis=(2, 3, 4), keepdims=True))
+    expected = np.clip(
+        (x - mean) * 1.25 + mean, x.min(axis=(2, 3, 4), keepdims=True), x.max(axis=(2, 3, 4), keepdims=True)
+    )
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)
 
 

@@ -39,12 +39,19 @@ def make_task(root: Path, channels: int = 1, cases: int = 3, image_dtype=np.floa
         write_nifti(root / "imagesTr" / f"{cid}.nii.gz", image.astype(image_dtype))
         write_nifti(root / "labelsTr" / f"{cid}.nii.gz", label.astype(label_dtype))
         training.append({"image": f"./imagesTr/{cid}.nii.gz", "label": f"./labelsTr/{cid}.nii.gz"})
-    write_json(root, {
-        "name": "Test", "tensorImageSize": "4D" if channels > 1 else "3D",
-        "modality": {str(c): f"MRI{c}" for c in range(channels)},
-        "labels": {"0": "background", "1": "organ", "2": "lesion"},
-        "numTraining": cases, "numTest": 0, "training": training, "test": [],
-    })
+    write_json(
+        root,
+        {
+            "name": "Test",
+            "tensorImageSize": "4D" if channels > 1 else "3D",
+            "modality": {str(c): f"MRI{c}" for c in range(channels)},
+            "labels": {"0": "background", "1": "organ", "2": "lesion"},
+            "numTraining": cases,
+            "numTest": 0,
+            "training": training,
+            "test": [],
+        },
+    )
     return root
 
 
@@ -127,74 +134,209 @@ DEFECTS = [
     ("json_list", 1, lambda r: (r / "dataset.json").write_text("[1, 2]"), ["dataset.json", "JSON object"]),
     ("missing_labels", 1, lambda r: edit_json(r, lambda d: d.pop("labels")), ["dataset.json", "'labels'"]),
     ("missing_modality", 1, lambda r: edit_json(r, lambda d: d.pop("modality")), ["dataset.json", "'modality'"]),
-    ("no_background", 1, lambda r: edit_json(r, lambda d: d["labels"].pop("0")),
-     ["dataset.json", "background label 0"]),
-    ("label_key_not_number", 1, lambda r: edit_json(r, lambda d: d["labels"].update({"two": "x"})),
-     ["dataset.json", "'two'", "whole number"]),
-    ("modality_keys_gap", 2, lambda r: edit_json(r, lambda d: d.update(modality={"0": "a", "2": "b"})),
-     ["dataset.json", "'modality'"]),
-    ("entry_without_label", 1, lambda r: edit_json(r, lambda d: d["training"][1].pop("label")),
-     ["dataset.json", "training[1]", "'label'"]),
-    ("dotdot_escape", 1, lambda r: edit_json(r, lambda d: d["training"][1].update(image="../../etc/passwd.nii.gz")),
-     ["dataset.json", "training[1].image", "leaves the dataset folder"]),
-    ("absolute_outside", 1, lambda r: edit_json(r, lambda d: d["training"][2].update(label="/tmp/elsewhere.nii.gz")),
-     ["dataset.json", "training[2].label", "leaves the dataset folder"]),
-    ("duplicate_case", 1, lambda r: edit_json(r, lambda d: d["training"].__setitem__(2, d["training"][0])),
-     ["dataset.json", "'case_000'", "listed twice"]),
-    ("num_training_mismatch", 1, lambda r: edit_json(r, lambda d: d.update(numTraining=5)),
-     ["dataset.json", "numTraining is 5", "lists 3"]),
-    ("image_missing", 1, lambda r: image(r).unlink(),
-     ["imagesTr/case_001.nii.gz", "case case_001", "image: file not found"]),
-    ("label_missing", 1, lambda r: label(r, 2).unlink(),
-     ["labelsTr/case_002.nii.gz", "case case_002", "label: file not found"]),
+    (
+        "no_background",
+        1,
+        lambda r: edit_json(r, lambda d: d["labels"].pop("0")),
+        ["dataset.json", "background label 0"],
+    ),
+    (
+        "label_key_not_number",
+        1,
+        lambda r: edit_json(r, lambda d: d["labels"].update({"two": "x"})),
+        ["dataset.json", "'two'", "whole number"],
+    ),
+    (
+        "modality_keys_gap",
+        2,
+        lambda r: edit_json(r, lambda d: d.update(modality={"0": "a", "2": "b"})),
+        ["dataset.json", "'modality'"],
+    ),
+    (
+        "entry_without_label",
+        1,
+        lambda r: edit_json(r, lambda d: d["training"][1].pop("label")),
+        ["dataset.json", "training[1]", "'label'"],
+    ),
+    (
+        "dotdot_escape",
+        1,
+        lambda r: edit_json(r, lambda d: d["training"][1].update(image="../../etc/passwd.nii.gz")),
+        ["dataset.json", "training[1].image", "leaves the dataset folder"],
+    ),
+    (
+        "absolute_outside",
+        1,
+        lambda r: edit_json(r, lambda d: d["training"][2].update(label="/tmp/elsewhere.nii.gz")),
+        ["dataset.json", "training[2].label", "leaves the dataset folder"],
+    ),
+    (
+        "duplicate_case",
+        1,
+        lambda r: edit_json(r, lambda d: d["training"].__setitem__(2, d["training"][0])),
+        ["dataset.json", "'case_000'", "listed twice"],
+    ),
+    (
+        "num_training_mismatch",
+        1,
+        lambda r: edit_json(r, lambda d: d.update(numTraining=5)),
+        ["dataset.json", "numTraining is 5", "lists 3"],
+    ),
+    (
+        "image_missing",
+        1,
+        lambda r: image(r).unlink(),
+        ["imagesTr/case_001.nii.gz", "case case_001", "image: file not found"],
+    ),
+    (
+        "label_missing",
+        1,
+        lambda r: label(r, 2).unlink(),
+        ["labelsTr/case_002.nii.gz", "case case_002", "label: file not found"],
+    ),
     ("truncated_gz", 1, lambda r: truncated(image(r)), ["imagesTr/case_001.nii.gz", "case case_001", "image", "read"]),
-    ("garbage_bytes", 1, lambda r: image(r).write_bytes(np.random.default_rng(1).bytes(2000)),
-     ["imagesTr/case_001.nii.gz", "case case_001", "not a readable NIfTI"]),
-    ("gzip_of_garbage", 1, lambda r: label(r).write_bytes(gzip.compress(b"hello" * 100)),
-     ["labelsTr/case_001.nii.gz", "case case_001", "label", "not a readable NIfTI"]),
-    ("png_named_nii", 1, lambda r: image(r, 0).write_bytes(png_bytes()),
-     ["imagesTr/case_000.nii.gz", "case case_000", "not a readable NIfTI"]),
-    ("text_named_nii", 1, lambda r: label(r, 0).write_text("just some text\n"),
-     ["labelsTr/case_000.nii.gz", "case case_000", "not a readable NIfTI"]),
-    ("wrong_channels", 2, lambda r: write_nifti(image(r), np.ones(SHAPE + (3,), np.float32)),
-     ["imagesTr/case_001.nii.gz", "case case_001", "image has 3 channels, dataset.json declares 2 modalities"]),
-    ("3d_image_for_2_modalities", 2, lambda r: write_nifti(image(r), np.ones(SHAPE, np.float32)),
-     ["imagesTr/case_001.nii.gz", "case case_001", "image has 1 channel, dataset.json declares 2 modalities"]),
-    ("shape_mismatch", 1, lambda r: write_nifti(label(r), np.zeros((9, 8, 6), np.uint8)),
-     ["labelsTr/case_001.nii.gz", "case case_001", "label shape (9, 8, 6) differs from image shape (9, 8, 7)"]),
-    ("origin_mismatch", 1, lambda r: write_nifti(label(r), load(label(r)), shifted(2.0)),
-     ["labelsTr/case_001.nii.gz", "case case_001", "origin", "by 2 mm"]),
-    ("spacing_mismatch", 1, lambda r: write_nifti(label(r), load(label(r)), AFFINE @ np.diag([1, 1, 1.2, 1])),
-     ["labelsTr/case_001.nii.gz", "case case_001",
-      "label spacing (1, 1.2, 3) differs from image spacing (1, 1.2, 2.5)"]),
-    ("orientation_mismatch", 1, lambda r: write_nifti(label(r), load(label(r)), AFFINE @ np.diag([-1, 1, 1, 1])),
-     ["labelsTr/case_001.nii.gz", "case case_001", "orientation"]),
-    ("nan_in_image", 1, lambda r: with_voxel(image(r), (1, 2, 3), np.nan),
-     ["imagesTr/case_001.nii.gz", "case case_001", "image holds 1 NaN voxel"]),
-    ("inf_in_image", 2, lambda r: with_voxel(image(r), (1, 2, 3, 1), -np.inf),
-     ["imagesTr/case_001.nii.gz", "case case_001", "image holds 1 infinite voxel"]),
-    ("fractional_label", 1, lambda r: with_voxel(label(r), (0, 0, 0), 1.5),
-     ["labelsTr/case_001.nii.gz", "case case_001", "not whole numbers (e.g. 1.5)"]),
-    ("nan_label", 1, lambda r: with_voxel(label(r), (0, 0, 0), np.nan),
-     ["labelsTr/case_001.nii.gz", "case case_001", "label holds NaN"]),
-    ("undeclared_label", 1, lambda r: with_voxel(label(r), (0, 0, 0), 7, np.uint8),
-     ["labelsTr/case_001.nii.gz", "case case_001", "values [7] not declared", "[0, 1, 2]"]),
-    ("negative_label", 1, lambda r: with_voxel(label(r), (0, 0, 0), -1, np.int16),
-     ["labelsTr/case_001.nii.gz", "case case_001", "values [-1] not declared"]),
-    ("zero_spacing", 1, lambda r: zero_spacing(image(r)),
-     ["imagesTr/case_001.nii.gz", "case case_001", "image spacing (1, 1.2, 0) must be positive"]),
-    ("singular_affine", 1, lambda r: parallel_axes(label(r)),
-     ["labelsTr/case_001.nii.gz", "case case_001", "label affine is not invertible"]),
-    ("2d_image", 1, lambda r: write_nifti(image(r), np.ones((9, 8), np.float32)),
-     ["imagesTr/case_001.nii.gz", "case case_001", "image must be 3D or 4D", "(9, 8)"]),
-    ("5d_image", 2, lambda r: write_nifti(image(r), np.ones(SHAPE + (2, 2), np.float32)),
-     ["imagesTr/case_001.nii.gz", "case case_001", "image must be 3D or 4D"]),
-    ("4d_label", 1, lambda r: write_nifti(label(r), np.zeros(SHAPE + (2,), np.uint8)),
-     ["labelsTr/case_001.nii.gz", "case case_001", "label must be 3D"]),
-    ("same_image_twice", 1, lambda r: (image(r, 2).unlink(), os.link(image(r, 0), image(r, 2))),
-     ["imagesTr/case_002.nii.gz", "case case_002", "image file is also the image of case case_000"]),
-    ("same_label_twice", 1, lambda r: (label(r, 1).unlink(), os.symlink(label(r, 0), label(r, 1))),
-     ["labelsTr/case_001.nii.gz", "case case_001", "label file is also the label of case case_000"]),
+    (
+        "garbage_bytes",
+        1,
+        lambda r: image(r).write_bytes(np.random.default_rng(1).bytes(2000)),
+        ["imagesTr/case_001.nii.gz", "case case_001", "not a readable NIfTI"],
+    ),
+    (
+        "gzip_of_garbage",
+        1,
+        lambda r: label(r).write_bytes(gzip.compress(b"hello" * 100)),
+        ["labelsTr/case_001.nii.gz", "case case_001", "label", "not a readable NIfTI"],
+    ),
+    (
+        "png_named_nii",
+        1,
+        lambda r: image(r, 0).write_bytes(png_bytes()),
+        ["imagesTr/case_000.nii.gz", "case case_000", "not a readable NIfTI"],
+    ),
+    (
+        "text_named_nii",
+        1,
+        lambda r: label(r, 0).write_text("just some text\n"),
+        ["labelsTr/case_000.nii.gz", "case case_000", "not a readable NIfTI"],
+    ),
+    (
+        "wrong_channels",
+        2,
+        lambda r: write_nifti(image(r), np.ones(SHAPE + (3,), np.float32)),
+        ["imagesTr/case_001.nii.gz", "case case_001", "image has 3 channels, dataset.json declares 2 modalities"],
+    ),
+    (
+        "3d_image_for_2_modalities",
+        2,
+        lambda r: write_nifti(image(r), np.ones(SHAPE, np.float32)),
+        ["imagesTr/case_001.nii.gz", "case case_001", "image has 1 channel, dataset.json declares 2 modalities"],
+    ),
+    (
+        "shape_mismatch",
+        1,
+        lambda r: write_nifti(label(r), np.zeros((9, 8, 6), np.uint8)),
+        ["labelsTr/case_001.nii.gz", "case case_001", "label shape (9, 8, 6) differs from image shape (9, 8, 7)"],
+    ),
+    (
+        "origin_mismatch",
+        1,
+        lambda r: write_nifti(label(r), load(label(r)), shifted(2.0)),
+        ["labelsTr/case_001.nii.gz", "case case_001", "origin", "by 2 mm"],
+    ),
+    (
+        "spacing_mismatch",
+        1,
+        lambda r: write_nifti(label(r), load(label(r)), AFFINE @ np.diag([1, 1, 1.2, 1])),
+        [
+            "labelsTr/case_001.nii.gz",
+            "case case_001",
+            "label spacing (1, 1.2, 3) differs from image spacing (1, 1.2, 2.5)",
+        ],
+    ),
+    (
+        "orientation_mismatch",
+        1,
+        lambda r: write_nifti(label(r), load(label(r)), AFFINE @ np.diag([-1, 1, 1, 1])),
+        ["labelsTr/case_001.nii.gz", "case case_001", "orientation"],
+    ),
+    (
+        "nan_in_image",
+        1,
+        lambda r: with_voxel(image(r), (1, 2, 3), np.nan),
+        ["imagesTr/case_001.nii.gz", "case case_001", "image holds 1 NaN voxel"],
+    ),
+    (
+        "inf_in_image",
+        2,
+        lambda r: with_voxel(image(r), (1, 2, 3, 1), -np.inf),
+        ["imagesTr/case_001.nii.gz", "case case_001", "image holds 1 infinite voxel"],
+    ),
+    (
+        "fractional_label",
+        1,
+        lambda r: with_voxel(label(r), (0, 0, 0), 1.5),
+        ["labelsTr/case_001.nii.gz", "case case_001", "not whole numbers (e.g. 1.5)"],
+    ),
+    (
+        "nan_label",
+        1,
+        lambda r: with_voxel(label(r), (0, 0, 0), np.nan),
+        ["labelsTr/case_001.nii.gz", "case case_001", "label holds NaN"],
+    ),
+    (
+        "undeclared_label",
+        1,
+        lambda r: with_voxel(label(r), (0, 0, 0), 7, np.uint8),
+        ["labelsTr/case_001.nii.gz", "case case_001", "values [7] not declared", "[0, 1, 2]"],
+    ),
+    (
+        "negative_label",
+        1,
+        lambda r: with_voxel(label(r), (0, 0, 0), -1, np.int16),
+        ["labelsTr/case_001.nii.gz", "case case_001", "values [-1] not declared"],
+    ),
+    (
+        "zero_spacing",
+        1,
+        lambda r: zero_spacing(image(r)),
+        ["imagesTr/case_001.nii.gz", "case case_001", "image spacing (1, 1.2, 0) must be positive"],
+    ),
+    (
+        "singular_affine",
+        1,
+        lambda r: parallel_axes(label(r)),
+        ["labelsTr/case_001.nii.gz", "case case_001", "label affine is not invertible"],
+    ),
+    (
+        "2d_image",
+        1,
+        lambda r: write_nifti(image(r), np.ones((9, 8), np.float32)),
+        ["imagesTr/case_001.nii.gz", "case case_001", "image must be 3D or 4D", "(9, 8)"],
+    ),
+    (
+        "5d_image",
+        2,
+        lambda r: write_nifti(image(r), np.ones(SHAPE + (2, 2), np.float32)),
+        ["imagesTr/case_001.nii.gz", "case case_001", "image must be 3D or 4D"],
+    ),
+    (
+        "4d_label",
+        1,
+        lambda r: write_nifti(label(r), np.zeros(SHAPE + (2,), np.uint8)),
+        ["labelsTr/case_001.nii.gz", "case case_001", "label must be 3D"],
+    ),
+    (
+        "same_image_twice",
+        1,
+        lambda r: (image(r, 2).unlink(), os.link(image(r, 0), image(r, 2))),
+        ["imagesTr/case_002.nii.gz", "case case_002", "image file is also the image of case case_000"],
+    ),
+    (
+        "same_label_twice",
+        1,
+        lambda r: (label(r, 1).unlink(), os.symlink(label(r, 0), label(r, 1))),
+        ["labelsTr/case_001.nii.gz", "case case_001", "label file is also the label of case case_000"],
+    ),
 ]
 
 
@@ -271,8 +413,10 @@ def test_validate_dataset_message_counts_the_other_problems(tmp_path):
         image(root, i).unlink()
     with pytest.raises(DatasetError) as info:
         validate_dataset(root)
-    assert str(info.value) == (f"{image(root, 1)}: case case_001: image: file not found (and 2 more problems: "
-                               f"run `scnas check --dataset '{root}'`)")
+    assert str(info.value) == (
+        f"{image(root, 1)}: case case_001: image: file not found (and 2 more problems: "
+        f"run `scnas check --dataset '{root}'`)"
+    )
     image(root, 3).write_bytes(image(root, 0).read_bytes())
     with pytest.raises(DatasetError, match=r"case_001: image: file not found \(and 1 more problem: run"):
         validate_dataset(root)

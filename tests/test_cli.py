@@ -80,16 +80,36 @@ def test_preprocess_refuses_an_invalid_dataset_before_writing(tmp_path, tiny_tas
 
 
 def test_bad_config_key_is_named(tmp_path, tiny_task):
-    result = scnas("preprocess", "--dataset", str(tiny_task["raw"]), "--out", str(tmp_path / "p"),
-                   "--config", json.dumps({"preprocess": {"spacng": [1, 1, 1]}}))
+    result = scnas(
+        "preprocess",
+        "--dataset",
+        str(tiny_task["raw"]),
+        "--out",
+        str(tmp_path / "p"),
+        "--config",
+        json.dumps({"preprocess": {"spacng": [1, 1, 1]}}),
+    )
     _one_line_error(result, "preprocess", "config key preprocess", "'spacng'")
 
 
 def test_bad_genotype_is_refused_before_training(tmp_path, tiny_task):
     genotype = tmp_path / "genotype.json"
     genotype.write_text(json.dumps({"format": "scnas-genotype", "version": 99}))
-    result = scnas("train", "--model", "scnas", "--genotype", str(genotype), "--preprocessed", str(tiny_task["pre"]),
-                   "--splits", str(tiny_task["splits"]), "--fold", "0", "--out", str(tmp_path / "fold_0"))
+    result = scnas(
+        "train",
+        "--model",
+        "scnas",
+        "--genotype",
+        str(genotype),
+        "--preprocessed",
+        str(tiny_task["pre"]),
+        "--splits",
+        str(tiny_task["splits"]),
+        "--fold",
+        "0",
+        "--out",
+        str(tmp_path / "fold_0"),
+    )
     _one_line_error(result, "train", str(genotype), "version")
     assert not (tmp_path / "fold_0").exists()
 

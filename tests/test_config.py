@@ -1,7 +1,6 @@
 """The config schema, its defaults, the typed dataclasses, and the refusals of bad keys."""
 
 import dataclasses
-import typing
 from pathlib import Path
 
 import pytest
@@ -47,9 +46,15 @@ def test_every_schema_key_has_a_dataclass_field():
             sub = schema["$defs"][sub["$ref"].rsplit("/", 1)[-1]]
         return set(sub["properties"])
 
-    pairs = {"preprocess": C.PreprocessConfig, "plan": C.PlanConfig, "train": C.TrainConfig,
-             "search": C.SearchConfig, "inference": C.InferenceConfig, "evaluation": C.EvaluationConfig,
-             "launcher": C.LauncherConfig}
+    pairs = {
+        "preprocess": C.PreprocessConfig,
+        "plan": C.PlanConfig,
+        "train": C.TrainConfig,
+        "search": C.SearchConfig,
+        "inference": C.InferenceConfig,
+        "evaluation": C.EvaluationConfig,
+        "launcher": C.LauncherConfig,
+    }
     for section, cls in pairs.items():
         assert props(section) == {f.name for f in dataclasses.fields(cls)}, section
     top = set(schema["properties"])
@@ -58,22 +63,25 @@ def test_every_schema_key_has_a_dataclass_field():
     assert aug == {f.name for f in dataclasses.fields(C.AugmentationConfig)}
 
 
-@pytest.mark.parametrize("data, key", [
-    ({**_task(), "trian": {}}, "'trian'"),
-    ({**_task(), "train": {"lr": "fast"}}, "train.lr"),
-    ({**_task(), "train": {"betas": [0.9]}}, "train.betas"),
-    ({**_task(), "search": {"sampling": "three"}}, "search.sampling"),
-    ({**_task(), "search": {"tau": {"start": 0.5, "end": 1.0}}}, "search.tau"),
-    ({**_task(), "search": {"tau": {"start": 1.0, "end": 1.0}}}, "search.tau"),
-    ({**_task(), "folds": [5]}, "folds"),
-    ({"tasks": {"T": {"dataset": "x", "synthetic": {"kind": "brain"}}}}, "tasks.T"),
-    ({"tasks": {"T": {"synthetic": {"kind": "liver"}}}}, "tasks.T"),
-    (_task(overrides={"train": {"lrr": 1}}), "tasks.T.overrides.train.lrr"),
-    (_task(overrides={"train": {"lr": -1}}), "train.lr"),
-    ({**_task(), "transfer": {"source_task": "X", "targets": []}}, "transfer"),
-    ({**_task(), "run_tasks": ["Nope"]}, "run_tasks"),
-    ({}, "tasks"),
-])
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({**_task(), "trian": {}}, "'trian'"),
+        ({**_task(), "train": {"lr": "fast"}}, "train.lr"),
+        ({**_task(), "train": {"betas": [0.9]}}, "train.betas"),
+        ({**_task(), "search": {"sampling": "three"}}, "search.sampling"),
+        ({**_task(), "search": {"tau": {"start": 0.5, "end": 1.0}}}, "search.tau"),
+        ({**_task(), "search": {"tau": {"start": 1.0, "end": 1.0}}}, "search.tau"),
+        ({**_task(), "folds": [5]}, "folds"),
+        ({"tasks": {"T": {"dataset": "x", "synthetic": {"kind": "brain"}}}}, "tasks.T"),
+        ({"tasks": {"T": {"synthetic": {"kind": "liver"}}}}, "tasks.T"),
+        (_task(overrides={"train": {"lrr": 1}}), "tasks.T.overrides.train.lrr"),
+        (_task(overrides={"train": {"lr": -1}}), "train.lr"),
+        ({**_task(), "transfer": {"source_task": "X", "targets": []}}, "transfer"),
+        ({**_task(), "run_tasks": ["Nope"]}, "run_tasks"),
+        ({}, "tasks"),
+    ],
+)
 def test_bad_config_is_refused_naming_the_key(data, key):
     with pytest.raises(ConfigError) as err:
         C.from_dict(data)
@@ -82,8 +90,12 @@ def test_bad_config_is_refused_naming_the_key(data, key):
 
 
 def test_task_overrides_merge_over_global_sections():
-    cfg = C.from_dict({**_task(overrides={"plan": {"patch_size": [64, 64, 32]}, "launcher": {"train": {"gpus_per_node": 2}}}),
-                       "plan": {"patch_size": [96, 96, 96]}})
+    cfg = C.from_dict(
+        {
+            **_task(overrides={"plan": {"patch_size": [64, 64, 32]}, "launcher": {"train": {"gpus_per_node": 2}}}),
+            "plan": {"patch_size": [96, 96, 96]},
+        }
+    )
     assert cfg.stage("T").plan.patch_size == (64, 64, 32)
     assert cfg.stage().plan.patch_size == (96, 96, 96)
     assert cfg.stage("T").launcher.resources("train").gpus_per_node == 2

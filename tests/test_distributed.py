@@ -12,8 +12,21 @@ import torch
 from scnas.config import Resources, dataclass_to_dict, stage_from_dict
 from scnas.launch import Job, run_job
 
-NO_AUG = {k: 0.0 for k in ("p_rotation", "p_scaling", "p_elastic", "p_noise", "p_blur", "p_brightness",
-                           "p_contrast", "p_gamma", "p_gamma_invert", "p_mirror")}
+NO_AUG = {
+    k: 0.0
+    for k in (
+        "p_rotation",
+        "p_scaling",
+        "p_elastic",
+        "p_noise",
+        "p_blur",
+        "p_brightness",
+        "p_contrast",
+        "p_gamma",
+        "p_gamma_invert",
+        "p_mirror",
+    )
+}
 
 
 def _launcher(executor: str, processes: int):
@@ -30,16 +43,33 @@ def _run(executor: str, processes: int, target: str, kwargs: dict, log_dir) -> d
 
 @pytest.mark.timeout(300)
 def test_two_processes_train_like_one_with_the_whole_batch(tiny_task, tmp_path):
-    stage = dataclass_to_dict(stage_from_dict({"train": {"batch_size": 4, "uresnet_channels": 4, "max_epochs": 2,
-                                                         "iterations_per_epoch": 3, "amp": False,
-                                                         "augmentation": NO_AUG}}))
-    common = {"preprocessed": str(tiny_task["pre"]), "splits": str(tiny_task["splits"]), "fold": 0,
-              "model": "uresnet", "stage": stage}
+    stage = dataclass_to_dict(
+        stage_from_dict(
+            {
+                "train": {
+                    "batch_size": 4,
+                    "uresnet_channels": 4,
+                    "max_epochs": 2,
+                    "iterations_per_epoch": 3,
+                    "amp": False,
+                    "augmentation": NO_AUG,
+                }
+            }
+        )
+    )
+    common = {
+        "preprocessed": str(tiny_task["pre"]),
+        "splits": str(tiny_task["splits"]),
+        "fold": 0,
+        "model": "uresnet",
+        "stage": stage,
+    }
     one, two = tmp_path / "one" / "fold_0", tmp_path / "two" / "fold_0"
     _run("inprocess", 1, "scnas.launch.targets:train_target", {**common, "out_dir": str(one)}, tmp_path / "l1")
     _run("local", 2, "scnas.launch.targets:train_target", {**common, "out_dir": str(two)}, tmp_path / "l2")
-    np.testing.assert_allclose(_column(one / "training_log.csv", "train_loss"),
-                               _column(two / "training_log.csv", "train_loss"), rtol=1e-4)
+    np.testing.assert_allclose(
+        _column(one / "training_log.csv", "train_loss"), _column(two / "training_log.csv", "train_loss"), rtol=1e-4
+    )
     a = torch.load(one / "checkpoint_final.pt", weights_only=True)["state_dict"]
     b = torch.load(two / "checkpoint_final.pt", weights_only=True)["state_dict"]
     init = _fresh_uresnet().state_dict()
@@ -65,9 +95,20 @@ def _column(path, name) -> list[float]:
 
 @pytest.mark.timeout(300)
 def test_two_process_search_samples_one_architecture_and_matches_one_process(tiny_task, tmp_path):
-    stage = dataclass_to_dict(stage_from_dict({"search": {"stem_channels": 8, "batch_size": 2, "epochs": 2,
-                                                          "iterations_per_epoch": 2, "amp": False,
-                                                          "augmentation": NO_AUG}}))
+    stage = dataclass_to_dict(
+        stage_from_dict(
+            {
+                "search": {
+                    "stem_channels": 8,
+                    "batch_size": 2,
+                    "epochs": 2,
+                    "iterations_per_epoch": 2,
+                    "amp": False,
+                    "augmentation": NO_AUG,
+                }
+            }
+        )
+    )
     common = {"preprocessed": str(tiny_task["pre"]), "splits": str(tiny_task["splits"]), "fold": 1, "stage": stage}
     one, two = tmp_path / "one", tmp_path / "two"
     _run("inprocess", 1, "scnas.launch.targets:search_target", {**common, "out_dir": str(one)}, tmp_path / "l1")
@@ -80,5 +121,6 @@ def test_two_process_search_samples_one_architecture_and_matches_one_process(tin
         for cell in ea["softmax_alpha"]:
             np.testing.assert_allclose(ea["softmax_alpha"][cell], eb["softmax_alpha"][cell], atol=2e-3)
     for column in ("weight_loss", "arch_loss"):
-        np.testing.assert_allclose(_column(one / "search_log.csv", column), _column(two / "search_log.csv", column),
-                                   rtol=2e-3)
+        np.testing.assert_allclose(
+            _column(one / "search_log.csv", column), _column(two / "search_log.csv", column), rtol=2e-3
+        )

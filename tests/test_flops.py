@@ -42,8 +42,10 @@ def test_strided_and_depthwise_convolutions_are_counted_by_output_voxels():
 
 
 def _genotype() -> Genotype:
-    cells = {t: tuple((i, j, OPERATIONS[(e + n) % len(OPERATIONS)]) for e, (i, j) in enumerate(cell_edges()))
-             for n, t in enumerate(CELL_TYPES)}
+    cells = {
+        t: tuple((i, j, OPERATIONS[(e + n) % len(OPERATIONS)]) for e, (i, j) in enumerate(cell_edges()))
+        for n, t in enumerate(CELL_TYPES)
+    }
     return Genotype(cells=cells)
 
 

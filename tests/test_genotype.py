@@ -36,8 +36,10 @@ def one_thread():
 
 def _cells(pattern=OPERATIONS):
     """Every cell type cycles through `pattern` (shifted per type), so all operations appear."""
-    return {t: tuple((i, j, pattern[(e + 3 * n) % len(pattern)]) for e, (i, j) in enumerate(EDGES))
-            for n, t in enumerate(CELL_TYPES)}
+    return {
+        t: tuple((i, j, pattern[(e + 3 * n) % len(pattern)]) for e, (i, j) in enumerate(EDGES))
+        for n, t in enumerate(CELL_TYPES)
+    }
 
 
 def _write(tmp_path, data, name="genotype.json"):
@@ -114,7 +116,7 @@ def test_bad_genotype_files_are_refused_in_one_line(tmp_path, case):
     assert isinstance(info.value, ScnasError)
 
 
-@pytest.mark.parametrize("content,message", [("{\"format\": ", "not valid JSON"), ("[1, 2]", "top level")])
+@pytest.mark.parametrize("content,message", [('{"format": ', "not valid JSON"), ("[1, 2]", "top level")])
 def test_unparsable_files_are_refused(tmp_path, content, message):
     path = _write(tmp_path, content)
     with pytest.raises(GenotypeError, match=message) as info:
@@ -128,15 +130,71 @@ def test_missing_file_is_refused(tmp_path):
 
 
 HAND = {
-    "encoder_normal": ["conv3", "zero", "sep_dil_conv3_r2", "identity", "max_pool3", "zero", "avg_pool3",
-                       "sep_dil_conv3_r4", "conv3", "identity", "zero", "sep_dil_conv3_r3", "conv3", "avg_pool3"],
-    "reduction": ["identity", "max_pool3", "avg_pool3", "conv3", "identity", "sep_dil_conv3_r3", "zero",
-                  "conv3", "max_pool3", "sep_dil_conv3_r2", "identity", "zero", "avg_pool3", "conv3"],
+    "encoder_normal": [
+        "conv3",
+        "zero",
+        "sep_dil_conv3_r2",
+        "identity",
+        "max_pool3",
+        "zero",
+        "avg_pool3",
+        "sep_dil_conv3_r4",
+        "conv3",
+        "identity",
+        "zero",
+        "sep_dil_conv3_r3",
+        "conv3",
+        "avg_pool3",
+    ],
+    "reduction": [
+        "identity",
+        "max_pool3",
+        "avg_pool3",
+        "conv3",
+        "identity",
+        "sep_dil_conv3_r3",
+        "zero",
+        "conv3",
+        "max_pool3",
+        "sep_dil_conv3_r2",
+        "identity",
+        "zero",
+        "avg_pool3",
+        "conv3",
+    ],
     # node 2 of the decoder-normal cell has only zero inputs: it must output zeros.
-    "decoder_normal": ["zero", "zero", "conv3", "sep_dil_conv3_r4", "identity", "avg_pool3", "conv3", "zero",
-                       "max_pool3", "conv3", "identity", "sep_dil_conv3_r2", "zero", "conv3"],
-    "expansion": ["sep_dil_conv3_r3", "conv3", "identity", "zero", "avg_pool3", "conv3", "max_pool3", "identity",
-                  "sep_dil_conv3_r2", "zero", "conv3", "sep_dil_conv3_r4", "identity", "max_pool3"],
+    "decoder_normal": [
+        "zero",
+        "zero",
+        "conv3",
+        "sep_dil_conv3_r4",
+        "identity",
+        "avg_pool3",
+        "conv3",
+        "zero",
+        "max_pool3",
+        "conv3",
+        "identity",
+        "sep_dil_conv3_r2",
+        "zero",
+        "conv3",
+    ],
+    "expansion": [
+        "sep_dil_conv3_r3",
+        "conv3",
+        "identity",
+        "zero",
+        "avg_pool3",
+        "conv3",
+        "max_pool3",
+        "identity",
+        "sep_dil_conv3_r2",
+        "zero",
+        "conv3",
+        "sep_dil_conv3_r4",
+        "identity",
+        "max_pool3",
+    ],
 }
 
 

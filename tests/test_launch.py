@@ -30,14 +30,22 @@ CPU_JOB = {"gpus_per_node": 0, "tasks_per_node": 2, "cpus_per_task": 1, "mem_gb"
 
 
 def launcher(executor: str, train: dict | None = None, **default):
-    return stage_from_dict({"launcher": {
-        "executor": executor, "poll_s": 0.2, "default": {**CPU_JOB, **default}, "train": train or {},
-    }}).launcher
+    return stage_from_dict(
+        {
+            "launcher": {
+                "executor": executor,
+                "poll_s": 0.2,
+                "default": {**CPU_JOB, **default},
+                "train": train or {},
+            }
+        }
+    ).launcher
 
 
 def make_job(tmp_path: Path, lc, target: str = PROBE, **kwargs) -> Job:
-    return Job(name="test-job", target=target, kwargs=kwargs, resources=lc.resources("train"),
-               log_dir=tmp_path / "logs")
+    return Job(
+        name="test-job", target=target, kwargs=kwargs, resources=lc.resources("train"), log_dir=tmp_path / "logs"
+    )
 
 
 def probe_total(world_size: int, steps: int) -> int:
@@ -141,17 +149,31 @@ SINFO = [
 ]
 
 
-@pytest.mark.parametrize("train, message", [
-    ({"partition": "gpu"}, "launcher.train.partition: partition 'gpu' does not exist (partitions: big, debug)"),
-    ({"gpus_per_node": 8}, "launcher.train.gpus_per_node: 8 GPUs per node requested, partition debug has at most 4"),
-    ({"partition": "big", "nodes": 4}, "launcher.train.nodes: 4 nodes requested, partition big has 3"),
-    ({"gpus_per_node": 2, "cpus_per_task": 6},
-     "launcher.train.cpus_per_task: 6 CPUs per task x 2 tasks per node = 12 CPUs per node requested, "
-     "partition debug's nodes have at most 8"),
-    ({"mem_gb": 64}, "launcher.train.mem_gb: 64 GB per node requested, partition debug's nodes have at most 23.0 GB"),
-    ({"partition": "big", "time_min": 3000},
-     "launcher.train.time_min: 3000 minutes requested, partition big allows at most 2880"),
-], ids=["partition", "gpus", "nodes", "cpus", "mem", "time"])
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ({"partition": "gpu"}, "launcher.train.partition: partition 'gpu' does not exist (partitions: big, debug)"),
+        (
+            {"gpus_per_node": 8},
+            "launcher.train.gpus_per_node: 8 GPUs per node requested, partition debug has at most 4",
+        ),
+        ({"partition": "big", "nodes": 4}, "launcher.train.nodes: 4 nodes requested, partition big has 3"),
+        (
+            {"gpus_per_node": 2, "cpus_per_task": 6},
+            "launcher.train.cpus_per_task: 6 CPUs per task x 2 tasks per node = 12 CPUs per node requested, "
+            "partition debug's nodes have at most 8",
+        ),
+        (
+            {"mem_gb": 64},
+            "launcher.train.mem_gb: 64 GB per node requested, partition debug's nodes have at most 23.0 GB",
+        ),
+        (
+            {"partition": "big", "time_min": 3000},
+            "launcher.train.time_min: 3000 minutes requested, partition big allows at most 2880",
+        ),
+    ],
+    ids=["partition", "gpus", "nodes", "cpus", "mem", "time"],
+)
 def test_slurm_request_that_cannot_fit_is_refused_before_submitting(tmp_path, monkeypatch, train, message):
     sbatch_called = fake_slurm(tmp_path, monkeypatch, SINFO)
     lc = launcher("slurm", train=train)
@@ -163,8 +185,9 @@ def test_slurm_request_that_cannot_fit_is_refused_before_submitting(tmp_path, mo
 
 def test_slurm_request_that_fits_picks_its_partition(tmp_path, monkeypatch):
     fake_slurm(tmp_path, monkeypatch, SINFO)
-    big = check_request(Resources(nodes=3, gpus_per_node=6, cpus_per_task=10, mem_gb=500, time_min=2880,
-                                  partition="big"), str)
+    big = check_request(
+        Resources(nodes=3, gpus_per_node=6, cpus_per_task=10, mem_gb=500, time_min=2880, partition="big"), str
+    )
     assert (big.name, big.nodes, big.gpus, big.cpus, big.time_limit_min) == ("big", 3, 6, 64, 2880)
     assert check_request(Resources(gpus_per_node=4, cpus_per_task=2), str).name == "debug"
 
@@ -201,7 +224,13 @@ def test_single_process_context_without_a_process_group(monkeypatch):
     ctx = init_distributed(prefer_cuda=False)
     try:
         assert init_distributed() is ctx
-        assert (ctx.rank, ctx.world_size, ctx.backend, ctx.device, ctx.is_main) == (0, 1, None, torch.device("cpu"), True)
+        assert (ctx.rank, ctx.world_size, ctx.backend, ctx.device, ctx.is_main) == (
+            0,
+            1,
+            None,
+            torch.device("cpu"),
+            True,
+        )
         x = torch.tensor([1, 2, 3])
         mean = ctx.all_reduce_mean(x)
         assert mean.dtype == torch.float64 and mean.tolist() == [1.0, 2.0, 3.0]
@@ -225,7 +254,9 @@ def test_gloo_falls_back_to_loopback_when_the_host_name_does_not_resolve(monkeyp
     assert (os.environ["GLOO_SOCKET_IFNAME"], os.environ["MASTER_ADDR"]) == ("lo", "127.0.0.1")
     monkeypatch.delenv("GLOO_SOCKET_IFNAME")
     monkeypatch.setenv("MASTER_ADDR", "node-a")
-    with pytest.raises(ScnasError, match=rf"host name '{host}' does not resolve, and gloo needs it on a multi-node job"):
+    with pytest.raises(
+        ScnasError, match=rf"host name '{host}' does not resolve, and gloo needs it on a multi-node job"
+    ):
         distributed._use_loopback_if_unresolvable(world_size=4)
     assert "GLOO_SOCKET_IFNAME" not in os.environ
 
@@ -269,11 +300,20 @@ def alive(pid: int) -> bool:
 @pytest.mark.timeout(120)
 def test_sigterm_while_waiting_stops_the_local_job(tmp_path):
     ckpt = tmp_path / "ckpt" / "probe_checkpoint.json"
-    spec = {"launcher": {"executor": "local", "poll_s": 0.2, "default": CPU_JOB}, "name": "test-cancel",
-            "target": PROBE, "kwargs": {"steps": 10_000, "sleep_s": 0.2, "checkpoint_dir": str(ckpt.parent)},
-            "log_dir": str(tmp_path / "logs")}
-    waiting = subprocess.Popen([sys.executable, "-c", RUN_JOB, json.dumps(spec)], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    spec = {
+        "launcher": {"executor": "local", "poll_s": 0.2, "default": CPU_JOB},
+        "name": "test-cancel",
+        "target": PROBE,
+        "kwargs": {"steps": 10_000, "sleep_s": 0.2, "checkpoint_dir": str(ckpt.parent)},
+        "log_dir": str(tmp_path / "logs"),
+    }
+    waiting = subprocess.Popen(
+        [sys.executable, "-c", RUN_JOB, json.dumps(spec)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while not ckpt.exists():  # both ranks run: rank 0 saved a step after an all_reduce

@@ -155,10 +155,10 @@ def test_evaluate_cases_writes_metrics_and_summary(tmp_path):
     ref_a[2:6, 2:6, 2:6] = 1
     ref_a[7:9, 6:8, 1:3] = 2
     pred_a = np.zeros_like(ref_a)
-    pred_a[3:7, 2:6, 2:6] = 1                    # label 1: Dice 0.75; label 2 missed: Dice 0, HD inf
+    pred_a[3:7, 2:6, 2:6] = 1  # label 1: Dice 0.75; label 2 missed: Dice 0, HD inf
     ref_b = np.zeros_like(ref_a)
     ref_b[1:5, 1:5, 1:5] = 1
-    pred_b = ref_b.copy()                         # label 1 perfect; label 2 in neither: NaN
+    pred_b = ref_b.copy()  # label 1 perfect; label 2 in neither: NaN
     pairs = [_write_case(tmp_path, "a", pred_a, ref_a, affine), _write_case(tmp_path, "b", pred_b, ref_b, affine)]
     out = tmp_path / "out"
     table = evaluate_cases(pairs, {0: "background", 1: "edema", 2: "enhancing"}, out, threads=2)
@@ -166,7 +166,11 @@ def test_evaluate_cases_writes_metrics_and_summary(tmp_path):
     csv = pd.read_csv(out / "metrics.csv")
     assert list(csv.columns) == ["case", "label", "label_name", "dice", "hd95", "n_pred", "n_ref"]
     assert list(zip(csv["case"], csv["label"], csv["label_name"])) == [
-        ("a", 1, "edema"), ("a", 2, "enhancing"), ("b", 1, "edema"), ("b", 2, "enhancing")]
+        ("a", 1, "edema"),
+        ("a", 2, "enhancing"),
+        ("b", 1, "edema"),
+        ("b", 2, "enhancing"),
+    ]
     assert csv["dice"].iloc[0] == pytest.approx(0.75)
     assert csv["dice"].iloc[1] == 0.0 and csv["hd95"].iloc[1] == math.inf
     assert csv["dice"].iloc[2] == 1.0 and csv["hd95"].iloc[2] == 0.0
@@ -214,8 +218,10 @@ def test_evaluate_cases_refuses_affine_mismatch(tmp_path):
     ref = np.zeros((6, 6, 6), np.int16)
     shifted = np.eye(4)
     shifted[0, 3] = 0.5
-    pairs = [_write_case(tmp_path, "ok", ref, ref, np.eye(4)),
-             _write_case(tmp_path, "case_042", ref, ref, np.eye(4), pred_affine=shifted)]
+    pairs = [
+        _write_case(tmp_path, "ok", ref, ref, np.eye(4)),
+        _write_case(tmp_path, "case_042", ref, ref, np.eye(4), pred_affine=shifted),
+    ]
     with pytest.raises(ScnasError) as info:
         evaluate_cases(pairs, {1: "x"}, tmp_path / "out")
     message = str(info.value)

@@ -66,16 +66,18 @@ def test_avg_pool_counts_only_voxels_inside(stride):
         for p, i in enumerate(out[0]):
             for q, j in enumerate(out[1]):
                 for r, k in enumerate(out[2]):
-                    ref[..., p, q, r] = a[..., max(i - 1, 0):i + 2, max(j - 1, 0):j + 2, max(k - 1, 0):k + 2].mean(
-                        axis=(-3, -2, -1)
-                    )
+                    ref[..., p, q, r] = a[
+                        ..., max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2, max(k - 1, 0) : k + 2
+                    ].mean(axis=(-3, -2, -1))
         np.testing.assert_allclose(y, ref, rtol=1e-12)
 
 
 def _cell_output_shapes(net, x):
     shapes = {}
-    hooks = [cell.register_forward_hook(lambda m, i, o, name=plan.name: shapes.__setitem__(name, tuple(o.shape)))
-             for plan, cell in zip(MACRO, net.cells)]
+    hooks = [
+        cell.register_forward_hook(lambda m, i, o, name=plan.name: shapes.__setitem__(name, tuple(o.shape)))
+        for plan, cell in zip(MACRO, net.cells)
+    ]
     with torch.no_grad():
         logits = net(x)
     for h in hooks:

@@ -22,21 +22,32 @@ from scnas.train.retrain import RetrainRequest, retrain
 @pytest.fixture(scope="module")
 def model(tiny_task, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("model") / "fold_0"
-    stage = stage_from_dict({"train": {"batch_size": 2, "uresnet_channels": 4, "max_epochs": 1,
-                                       "iterations_per_epoch": 2, "amp": False}})
+    stage = stage_from_dict(
+        {"train": {"batch_size": 2, "uresnet_channels": 4, "max_epochs": 1, "iterations_per_epoch": 2, "amp": False}}
+    )
     retrain(RetrainRequest(tiny_task["pre"], tiny_task["splits"], 0, out, "uresnet", stage))
     return out / "checkpoint_final.pt"
 
 
 def _predict(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scnas", "predict", *args], env=cli_env(), capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "scnas", "predict", *args], env=cli_env(), capture_output=True, text=True
+    )
 
 
 def test_predictions_have_each_input_geometry(model, tmp_path):
     scans = make_synthetic_task("heart", tmp_path / "new", cases=4, seed=11, size=24) / "imagesTr"
     out = tmp_path / "seg"
-    result = _predict("--model", str(model), "--images", str(scans), "--out", str(out),
-                      "--config", json.dumps({"inference": {"mirror": True}}))
+    result = _predict(
+        "--model",
+        str(model),
+        "--images",
+        str(scans),
+        "--out",
+        str(out),
+        "--config",
+        json.dumps({"inference": {"mirror": True}}),
+    )
     assert result.returncode == 0, result.stderr
     orientations = set()
     for scan in sorted(scans.iterdir()):
@@ -52,7 +63,9 @@ def test_predictions_have_each_input_geometry(model, tmp_path):
 
 
 def _bad_scans(tmp_path: Path) -> dict[str, Path]:
-    good = nib.load(next(iter(sorted((make_synthetic_task("heart", tmp_path / "src", 2, 3, 24) / "imagesTr").iterdir()))))
+    good = nib.load(
+        next(iter(sorted((make_synthetic_task("heart", tmp_path / "src", 2, 3, 24) / "imagesTr").iterdir())))
+    )
     data = np.asarray(good.dataobj).astype(np.float32)
     scans = {}
     nan = data.copy()

@@ -15,8 +15,14 @@ from scnas.data.dataset import parse_dataset
 from scnas.data.nifti import load_label, save_nifti
 from scnas.data.normalize import fill_holes
 from scnas.data.plans import fit_patch_size, make_plans
-from scnas.data.preprocess import (PLANS_FILE, load_preprocessed, preprocess_arrays, preprocess_case,
-                                   preprocess_dataset, restore)
+from scnas.data.preprocess import (
+    PLANS_FILE,
+    load_preprocessed,
+    preprocess_arrays,
+    preprocess_case,
+    preprocess_dataset,
+    restore,
+)
 from scnas.errors import DatasetError
 from scnas.io import read_json, save_npy
 
@@ -66,9 +72,17 @@ def write_task(root, cases, modalities=("MRI", "MRI"), labels=LABELS):
         nib.save(nib.Nifti1Image(data.astype(np.float32), affine), str(root / "imagesTr" / f"{case_id}.nii.gz"))
         nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), str(root / "labelsTr" / f"{case_id}.nii.gz"))
         training.append({"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({
-        "name": "Test", "modality": {str(i): m for i, m in enumerate(modalities)},
-        "labels": {str(k): v for k, v in labels.items()}, "numTraining": len(training), "training": training}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "Test",
+                "modality": {str(i): m for i, m in enumerate(modalities)},
+                "labels": {str(k): v for k, v in labels.items()},
+                "numTraining": len(training),
+                "training": training,
+            }
+        )
+    )
     return parse_dataset(root)
 
 
@@ -95,15 +109,18 @@ def test_exact_round_trip_at_the_input_spacing(tmp_path, affine):
 
     # Canonical orientation and crop, checked against nibabel's own RAS+ reorientation.
     canon_label = np.asarray(canonical.dataobj).astype(np.int16)
-    canon_image = np.stack([np.asarray(nib.as_closest_canonical(nib.Nifti1Image(image[c], affine)).dataobj)
-                            for c in range(2)])
+    canon_image = np.stack(
+        [np.asarray(nib.as_closest_canonical(nib.Nifti1Image(image[c], affine)).dataobj) for c in range(2)]
+    )
     hits = np.nonzero(np.any(canon_image != 0, axis=0))
     bbox = [[int(h.min()), int(h.max()) + 1] for h in hits]
     assert props["crop_bbox"] == bbox
     np.testing.assert_array_equal(case.label, canon_label[tuple(slice(lo, hi) for lo, hi in bbox)])
     np.testing.assert_allclose(props["spacing"], spacing)
-    np.testing.assert_allclose(np.array(props["preprocessed_affine"])[:3, 3],
-                               canonical.affine[:3, :3] @ [lo for lo, _ in bbox] + canonical.affine[:3, 3])
+    np.testing.assert_allclose(
+        np.array(props["preprocessed_affine"])[:3, 3],
+        canonical.affine[:3, :3] @ [lo for lo, _ in bbox] + canonical.affine[:3, 3],
+    )
 
     restored = restore(np.asarray(case.label), case.properties, "label")
     original, original_affine = load_label(dataset.cases[0].label)
@@ -135,13 +152,20 @@ def spheres_case(affine, radius):
     return image, label
 
 
-@pytest.mark.parametrize("axes", [((0, 0, -1.0, 30), (-0.8, 0, 0, 12), (0, 0.9, 0, -20)),
-                                  ((-0.9, 0, 0, 50), (0, -0.8, 0, 40), (0, 0, 1.1, -10))], ids=["permuted", "lps"])
+@pytest.mark.parametrize(
+    "axes",
+    [((0, 0, -1.0, 30), (-0.8, 0, 0, 12), (0, 0.9, 0, -20)), ((-0.9, 0, 0, 50), (0, -0.8, 0, 40), (0, 0, 1.1, -10))],
+    ids=["permuted", "lps"],
+)
 def test_round_trip_through_a_coarser_grid(axes):
     affine = np.array([*axes, (0, 0, 0, 1)], dtype=np.float64)
     image, label = spheres_case(affine, radius=32.0)
-    plans = {"num_channels": 1, "target_spacing": [1.25, 1.25, 1.25], "label_interpolation": "linear",
-             "normalization": [{"scheme": "zscore", "clip": None, "mean": None, "std": None}]}
+    plans = {
+        "num_channels": 1,
+        "target_spacing": [1.25, 1.25, 1.25],
+        "label_interpolation": "linear",
+        "normalization": [{"scheme": "zscore", "clip": None, "mean": None, "std": None}],
+    }
     for mode, threshold in (("linear", 0.99), ("nearest", 0.98)):
         plans["label_interpolation"] = mode
         _, seg, props = preprocess_arrays(image, affine, plans, label)
@@ -161,11 +185,16 @@ def test_mri_channels_are_z_scored_over_the_filled_nonzero_mask():
     image, label = make_case((30, 28, 24), LPS, seed=1)
     image[1] *= 3.0
     spacing = [1.0, 1.0, 1.5]  # canonical spacing of LPS: no resampling
-    plans = {"num_channels": 2, "target_spacing": spacing, "label_interpolation": "linear",
-             "normalization": [{"scheme": "zscore", "clip": None, "mean": None, "std": None}] * 2}
+    plans = {
+        "num_channels": 2,
+        "target_spacing": spacing,
+        "label_interpolation": "linear",
+        "normalization": [{"scheme": "zscore", "clip": None, "mean": None, "std": None}] * 2,
+    }
     data, _, props = preprocess_arrays(image, LPS, plans, label)
-    canonical = np.stack([np.asarray(nib.as_closest_canonical(nib.Nifti1Image(image[c], LPS)).dataobj)
-                          for c in range(2)])
+    canonical = np.stack(
+        [np.asarray(nib.as_closest_canonical(nib.Nifti1Image(image[c], LPS)).dataobj) for c in range(2)]
+    )
     canonical = canonical[(slice(None), *(slice(lo, hi) for lo, hi in props["crop_bbox"]))]
     mask = ndimage.binary_fill_holes(np.any(canonical != 0, axis=0))
     assert (mask & np.all(canonical == 0, axis=0)).sum() > 20  # the cavity is inside the mask
@@ -237,8 +266,11 @@ def test_plans_and_properties_are_json(tmp_path):
     props = read_json(tmp_path / "pre" / "c1.json")
     assert props == load_preprocessed(tmp_path / "pre", "c1").properties
     assert json.loads(json.dumps(props)) == props and props["case_id"] == "c1"
-    assert plans_for(dataset, plan={"patch_size": [64, 16, 160], "fit_to_median_shape": False})["patch_size"] \
-        == [64, 16, 160]
+    assert plans_for(dataset, plan={"patch_size": [64, 16, 160], "fit_to_median_shape": False})["patch_size"] == [
+        64,
+        16,
+        160,
+    ]
 
 
 def test_patch_size_fits_the_median_shape():
@@ -280,7 +312,8 @@ def test_a_failing_case_leaves_no_outputs(tmp_path, monkeypatch):
     out = tmp_path / "pre"
     preprocess_dataset(dataset, plans, out, progress=False)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [PLANS_FILE] + [f"c{i}{s}" for i in range(2) for s in (".npy", "_seg.npy", "_fg.npz", ".json")])
+        [PLANS_FILE] + [f"c{i}{s}" for i in range(2) for s in (".npy", "_seg.npy", "_fg.npz", ".json")]
+    )
 
     def broken(path, obj, *args, **kwargs):
         raise OSError("disk full")

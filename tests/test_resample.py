@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from scnas.data.resample import (effective_spacing, resample_image, resample_label, resample_mask,
-                                 target_shape)
+from scnas.data.resample import effective_spacing, resample_image, resample_label, resample_mask, target_shape
 
 # nibabel world coordinates are RAS, ITK's are LPS: x and y change sign.
 RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
@@ -99,8 +98,14 @@ def test_label_linear_is_argmax_of_interpolated_one_hot(tmp_path, new_shape, swa
     affine = AFFINES["lps_aniso"]
     ours = resample_label(label, new_shape, "linear")
     values = np.unique(label)
-    probs = np.stack([sitk_resample(tmp_path, (label == v).astype(np.float64), affine, new_shape, sitk.sitkLinear,
-                                    pixel=np.float64) for v in values])
+    probs = np.stack(
+        [
+            sitk_resample(
+                tmp_path, (label == v).astype(np.float64), affine, new_shape, sitk.sitkLinear, pixel=np.float64
+            )
+            for v in values
+        ]
+    )
     ref = values[np.argmax(probs, axis=0)]
     top2 = np.sort(probs, axis=0)[-2:]
     decided = top2[1] - top2[0] > 1e-5
@@ -116,16 +121,18 @@ def test_label_nearest_matches_simpleitk(tmp_path):
     for n, m in zip(label.shape, new_shape):  # odd input sizes: no output centre is exactly between two inputs
         assert not np.any(((2 * np.arange(m) + 1) * n) % (2 * m) == 0)
     ours = resample_label(label, new_shape, "nearest")
-    ref = sitk_resample(tmp_path, label.astype(np.uint8), AFFINES["permuted"], new_shape, sitk.sitkNearestNeighbor,
-                        pixel=np.uint8)
+    ref = sitk_resample(
+        tmp_path, label.astype(np.uint8), AFFINES["permuted"], new_shape, sitk.sitkNearestNeighbor, pixel=np.uint8
+    )
     np.testing.assert_array_equal(ours, ref)
 
 
 def test_mask_is_two_label_rule():
     mask = blob_labels((20, 22, 18), seed=5) > 0
     for mode in ("linear", "nearest"):
-        np.testing.assert_array_equal(resample_mask(mask, (29, 15, 25), mode),
-                                      resample_label(mask.astype(np.int16), (29, 15, 25), mode) == 1)
+        np.testing.assert_array_equal(
+            resample_mask(mask, (29, 15, 25), mode), resample_label(mask.astype(np.int16), (29, 15, 25), mode) == 1
+        )
 
 
 def test_same_shape_is_an_exact_copy():

@@ -10,9 +10,15 @@ from scnas.inference.sliding_window import gaussian_weights, sliding_window, win
 def pointwise_model(in_channels=2, num_classes=3, seed=0):
     """A network of 1x1x1 convolutions only: its output at a voxel depends on that voxel alone."""
     torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Conv3d(in_channels, 8, 1), torch.nn.Tanh(), torch.nn.Conv3d(8, num_classes, 1),
-    ).double().eval()
+    return (
+        torch.nn.Sequential(
+            torch.nn.Conv3d(in_channels, 8, 1),
+            torch.nn.Tanh(),
+            torch.nn.Conv3d(8, num_classes, 1),
+        )
+        .double()
+        .eval()
+    )
 
 
 class CountingPredictor:
@@ -36,8 +42,9 @@ def test_pointwise_model_equals_whole_volume_forward(shape, overlap, mode, mirro
     with torch.no_grad():
         expected = model(image[None])[0]
     predictor = CountingPredictor(model)
-    got = sliding_window(image, predictor, (16, 16, 16), overlap=overlap, mode=mode, batch_size=batch_size,
-                         mirror_axes=mirror_axes)
+    got = sliding_window(
+        image, predictor, (16, 16, 16), overlap=overlap, mode=mode, batch_size=batch_size, mirror_axes=mirror_axes
+    )
     assert got.shape == (3, *shape) and got.dtype == torch.float32
     torch.testing.assert_close(got, expected.float(), atol=1e-5, rtol=1e-5)
     assert max(predictor.batch_sizes) <= batch_size
@@ -74,8 +81,8 @@ def test_weighting_is_the_gaussian_average_of_window_scores():
     num = torch.zeros(shape, dtype=torch.float64)
     den = torch.zeros(shape, dtype=torch.float64)
     for value, s in zip(calls, starts):
-        num[s:s + 8] += value * w
-        den[s:s + 8] += w
+        num[s : s + 8] += value * w
+        den[s : s + 8] += w
     torch.testing.assert_close(got, num / den, atol=1e-5, rtol=1e-5)
     assert len(set(torch.round(got[:, 4, 4], decimals=4).tolist())) > len(starts)
 

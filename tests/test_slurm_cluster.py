@@ -59,9 +59,16 @@ def default_partition() -> tuple[str, int, int]:
 
 
 def launcher(train: dict | None = None, **default):
-    return stage_from_dict({"launcher": {
-        "executor": "slurm", "poll_s": 1, "default": {**CPU_JOB, **default}, "train": train or {},
-    }}).launcher
+    return stage_from_dict(
+        {
+            "launcher": {
+                "executor": "slurm",
+                "poll_s": 1,
+                "default": {**CPU_JOB, **default},
+                "train": train or {},
+            }
+        }
+    ).launcher
 
 
 def make_job(name: str, log_dir: Path, lc, target: str = PROBE, **kwargs) -> Job:
@@ -146,8 +153,10 @@ def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, job
     assert all(r["slurm_restart_count"] >= 1 for r in result["ranks"])
     assert {r["slurm_job_id"] for r in result["ranks"]} == {preempted[0]}  # the same job, requeued
     assert result["start_step"] >= 2  # resumed from the checkpoint, not from step 0
-    assert result["starts"] == [{"step": 0, "restart_count": 0},
-                                {"step": result["start_step"], "restart_count": result["restart_count"]}]
+    assert result["starts"] == [
+        {"step": 0, "restart_count": 0},
+        {"step": result["start_step"], "restart_count": result["restart_count"]},
+    ]
     for key in ("world_size", "backend", "all_reduce_sum", "steps", "total"):
         assert result[key] == unpreempted[key], key
 
@@ -160,7 +169,9 @@ def test_failed_job_names_its_id_state_and_log_tail(tmp_path, job_name):
     headline, *tail = str(info.value).splitlines()
     match = re.fullmatch(
         rf"SLURM job (\d+) \({job_name}\) ended FAILED \(exit code 1:0\): rank (\d) raised "
-        r"json\.decoder\.JSONDecodeError: Expecting value: line 1 column 1 \(char 0\)", headline)
+        r"json\.decoder\.JSONDecodeError: Expecting value: line 1 column 1 \(char 0\)",
+        headline,
+    )
     assert match, headline
     job_id, rank = match.groups()
     assert sh("squeue", "-h", "-t", "all", "-j", job_id, "-o", "%j|%T").strip() == f"{job_name}|FAILED"
@@ -182,8 +193,11 @@ def test_job_killed_from_outside_is_reported_as_such(tmp_path, job_name):
     with pytest.raises(ScnasError) as info:
         run_job(job, lc)
     headline = str(info.value).splitlines()[0]
-    assert re.fullmatch(rf"SLURM job \d+ \({job_name}\) ended CANCELLED( \(exit code [0-9:]+\))?: it was cancelled "
-                        r"\(scancel, an administrator, or preemption\), and no rank left a result", headline), headline
+    assert re.fullmatch(
+        rf"SLURM job \d+ \({job_name}\) ended CANCELLED( \(exit code [0-9:]+\))?: it was cancelled "
+        r"\(scancel, an administrator, or preemption\), and no rank left a result",
+        headline,
+    ), headline
     assert "pickle" not in str(info.value)
 
 
@@ -192,8 +206,11 @@ def test_unknown_partition_is_refused_before_submitting(tmp_path, job_name):
     lc = launcher(train={"partition": "no-such-partition"})
     with pytest.raises(ScnasError) as info:
         run_job(make_job(job_name, tmp_path / "logs", lc), lc)
-    assert re.fullmatch(r"launcher\.train\.partition: partition 'no-such-partition' does not exist "
-                        rf"\(partitions: .*\b{default_partition()[0]}\b.*\)", str(info.value)), str(info.value)
+    assert re.fullmatch(
+        r"launcher\.train\.partition: partition 'no-such-partition' does not exist "
+        rf"\(partitions: .*\b{default_partition()[0]}\b.*\)",
+        str(info.value),
+    ), str(info.value)
     assert job_ids(job_name) == [] and not (tmp_path / "logs").exists()
 
 
@@ -204,7 +221,10 @@ def test_more_gpus_than_a_node_has_is_refused_before_submitting(tmp_path, job_na
     with pytest.raises(ScnasError) as info:
         run_job(make_job(job_name, tmp_path / "logs", lc), lc)
     have = f"has at most {gpus}" if gpus else "has no GPUs (gpus_per_node: 0 runs on CPUs)"
-    assert str(info.value) == f"launcher.train.gpus_per_node: {gpus + 1} GPUs per node requested, partition {partition} {have}"
+    assert (
+        str(info.value)
+        == f"launcher.train.gpus_per_node: {gpus + 1} GPUs per node requested, partition {partition} {have}"
+    )
     assert job_ids(job_name) == [] and not (tmp_path / "logs").exists()
 
 
@@ -212,8 +232,10 @@ def test_more_gpus_than_a_node_has_is_refused_before_submitting(tmp_path, job_na
 def test_fake_gpus_give_each_rank_its_own_device(tmp_path, job_name):
     _, gpus, cpus = default_partition()
     if gpus < 4 or cpus < 4:
-        pytest.skip(f"the cluster's nodes have {gpus} GPUs and {cpus} CPUs; this needs 4 of each "
-                    "(SLURM_GPUS=4 SLURM_CPUS=8 tests/cluster/slurm-up.sh)")
+        pytest.skip(
+            f"the cluster's nodes have {gpus} GPUs and {cpus} CPUs; this needs 4 of each "
+            "(SLURM_GPUS=4 SLURM_CPUS=8 tests/cluster/slurm-up.sh)"
+        )
     if torch.cuda.is_available():
         pytest.skip("real CUDA devices: the fake GPUs would map onto them")
     lc = launcher(gpus_per_node=4, cpus_per_task=1)
@@ -240,11 +262,20 @@ print(json.dumps(run_job(job, lc)))
 @pytest.mark.timeout(180)
 def test_sigterm_while_waiting_cancels_the_slurm_job(tmp_path, job_name):
     ckpt_dir = tmp_path / "ckpt"
-    spec = {"launcher": {"executor": "slurm", "poll_s": 1, "default": CPU_JOB}, "name": job_name,
-            "target": PROBE, "kwargs": {"steps": 10_000, "sleep_s": 0.5, "checkpoint_dir": str(ckpt_dir)},
-            "log_dir": str(tmp_path / "logs")}
-    waiting = subprocess.Popen([sys.executable, "-c", RUN_JOB, json.dumps(spec)], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    spec = {
+        "launcher": {"executor": "slurm", "poll_s": 1, "default": CPU_JOB},
+        "name": job_name,
+        "target": PROBE,
+        "kwargs": {"steps": 10_000, "sleep_s": 0.5, "checkpoint_dir": str(ckpt_dir)},
+        "log_dir": str(tmp_path / "logs"),
+    }
+    waiting = subprocess.Popen(
+        [sys.executable, "-c", RUN_JOB, json.dumps(spec)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for_step(ckpt_dir, 1)
         (job_id,) = job_ids(job_name)

@@ -47,19 +47,46 @@ def _wait(predicate, timeout: float, what: str) -> None:
 @pytest.mark.timeout(400)
 def test_preempted_training_job_resumes_and_ends_like_an_uninterrupted_run(tiny_task, tmp_path):
     name = f"scnas-preempt-{uuid.uuid4().hex[:6]}"
-    stage = stage_from_dict({"seed": 2, "train": {"batch_size": 2, "uresnet_channels": 4, "max_epochs": 12,
-                                                  "iterations_per_epoch": 6, "amp": False},
-                             "launcher": {"executor": "slurm", "poll_s": 1, "default": CPU_JOB}})
-    kwargs = {"preprocessed": str(tiny_task["pre"]), "splits": str(tiny_task["splits"]), "fold": 3,
-              "model": "uresnet", "stage": dataclass_to_dict(stage)}
+    stage = stage_from_dict(
+        {
+            "seed": 2,
+            "train": {
+                "batch_size": 2,
+                "uresnet_channels": 4,
+                "max_epochs": 12,
+                "iterations_per_epoch": 6,
+                "amp": False,
+            },
+            "launcher": {"executor": "slurm", "poll_s": 1, "default": CPU_JOB},
+        }
+    )
+    kwargs = {
+        "preprocessed": str(tiny_task["pre"]),
+        "splits": str(tiny_task["splits"]),
+        "fold": 3,
+        "model": "uresnet",
+        "stage": dataclass_to_dict(stage),
+    }
     reference = tmp_path / "reference"
-    run_job(Job("ref", "scnas.launch.targets:train_target", {**kwargs, "out_dir": str(reference)},
-                stage.launcher.resources("train"), tmp_path / "logs-ref"),
-            dataclasses.replace(stage.launcher, executor="inprocess"))
+    run_job(
+        Job(
+            "ref",
+            "scnas.launch.targets:train_target",
+            {**kwargs, "out_dir": str(reference)},
+            stage.launcher.resources("train"),
+            tmp_path / "logs-ref",
+        ),
+        dataclasses.replace(stage.launcher, executor="inprocess"),
+    )
 
     out = tmp_path / "preempted"
-    job = Job(name, "scnas.launch.targets:train_target", {**kwargs, "out_dir": str(out)},
-              stage.launcher.resources("train"), tmp_path / "logs")
+    job = Job(
+        name,
+        "scnas.launch.targets:train_target",
+        {**kwargs, "out_dir": str(out)},
+        stage.launcher.resources("train"),
+        tmp_path / "logs",
+    )
     result: dict = {}
 
     def run() -> None:
@@ -83,8 +110,9 @@ def test_preempted_training_job_resumes_and_ends_like_an_uninterrupted_run(tiny_
     b = torch.load(out / "checkpoint_final.pt", weights_only=True)["state_dict"]
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
-    assert [r["train_loss"] for r in _rows(out / "training_log.csv")] == \
-        [r["train_loss"] for r in _rows(reference / "training_log.csv")]
+    assert [r["train_loss"] for r in _rows(out / "training_log.csv")] == [
+        r["train_loss"] for r in _rows(reference / "training_log.csv")
+    ]
 
 
 def _study(tmp_path: Path, **train) -> list[str]:
@@ -106,8 +134,9 @@ def _study(tmp_path: Path, **train) -> list[str]:
 
 
 def _snakemake(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "snakemake"), *args], cwd=REPO, env=cli_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "snakemake"), *args], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.timeout(700)
@@ -125,8 +154,11 @@ def test_study_runs_through_the_slurm_profile(tmp_path):
 @pytest.mark.timeout(600)
 def test_a_failing_job_fails_its_rule_with_job_id_state_and_log_tail(tmp_path):
     args = _study(tmp_path)
-    first = _snakemake(*args, str(tmp_path / "results" / "Tiny" / "preprocessed" / "plans.json"),
-                       str(tmp_path / "results" / "Tiny" / "splits_final.json"))
+    first = _snakemake(
+        *args,
+        str(tmp_path / "results" / "Tiny" / "preprocessed" / "plans.json"),
+        str(tmp_path / "results" / "Tiny" / "splits_final.json"),
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     pre = tmp_path / "results" / "Tiny" / "preprocessed"
     for seg in pre.glob("*_seg.npy"):
@@ -142,8 +174,14 @@ def test_a_failing_job_fails_its_rule_with_job_id_state_and_log_tail(tmp_path):
 def test_interrupting_snakemake_cancels_its_slurm_jobs(tmp_path):
     args = _study(tmp_path, max_epochs=200, iterations_per_epoch=20)
     target = str(tmp_path / "results" / "Tiny" / "uresnet" / "fold_0" / "checkpoint_final.pt")
-    proc = subprocess.Popen([str(BIN / "snakemake"), *args, target], cwd=REPO, env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "snakemake"), *args, target],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     log = tmp_path / "results" / "Tiny" / "logs" / "train_uresnet_fold_0.log"
     try:
         _wait(lambda: log.exists() and "submitted SLURM job" in log.read_text(), 200, "the training job's submission")
@@ -160,6 +198,7 @@ def test_interrupting_snakemake_cancels_its_slurm_jobs(tmp_path):
 
 
 def job_state(job_id: str) -> str:
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
-                         timeout=30)
+    out = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30
+    )
     return out.stdout.strip()

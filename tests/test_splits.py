@@ -32,14 +32,17 @@ def test_nnunet_splits_are_imported_verbatim(tmp_path):
     assert import_splits(path, CASES, 5) == splits
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda s: s[:4], "has 4 folds"),
-    (lambda s: [{**s[0], "val": s[0]["val"] + ["ghost"]}] + s[1:], "'ghost' is not in the dataset"),
-    (lambda s: [{"train": s[0]["train"] + s[0]["val"][:1], "val": s[0]["val"]}] + s[1:], "in both train and val"),
-    (lambda s: [{"train": s[0]["train"][1:], "val": s[0]["val"]}] + s[1:], "does not cover"),
-    (lambda s: [{"train": s[0]["train"]}] + s[1:], "exactly the keys"),
-    (lambda s: {"folds": s}, "must be a list"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda s: s[:4], "has 4 folds"),
+        (lambda s: [{**s[0], "val": s[0]["val"] + ["ghost"]}] + s[1:], "'ghost' is not in the dataset"),
+        (lambda s: [{"train": s[0]["train"] + s[0]["val"][:1], "val": s[0]["val"]}] + s[1:], "in both train and val"),
+        (lambda s: [{"train": s[0]["train"][1:], "val": s[0]["val"]}] + s[1:], "does not cover"),
+        (lambda s: [{"train": s[0]["train"]}] + s[1:], "exactly the keys"),
+        (lambda s: {"folds": s}, "must be a list"),
+    ],
+)
 def test_bad_nnunet_splits_are_refused(tmp_path, mutate, message):
     path = tmp_path / "splits_final.json"
     path.write_text(json.dumps(mutate(make_splits(CASES, 5, 0))))

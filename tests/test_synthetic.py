@@ -128,7 +128,7 @@ def test_brain_edema_and_enhancing_need_two_channels(tasks):
 
 
 def test_lung_is_ct_in_hounsfield_units(tasks):
-    for image, label, img in cases(tasks["lung"]):
+    for image, label, _ in cases(tasks["lung"]):
         assert image.ndim == 3 and image.dtype == np.int16
         assert image.min() >= -1024 and image.max() > 500
         corners = np.array([image[i, j, k] for i in (0, -1) for j in (0, -1) for k in (0, -1)])
@@ -168,8 +168,9 @@ def test_cases_vary_in_shape_spacing_and_orientation_but_not_in_physical_size(ta
 
 
 def test_shape_and_spacing_overrides_hold_for_every_orientation(tmp_path):
-    root = make_synthetic_task("brain", tmp_path / "t", cases=4, seed=0, shape=(30, 26, 20), spacing=(1.5, 1.0, 2.0),
-                               progress=True)
+    root = make_synthetic_task(
+        "brain", tmp_path / "t", cases=4, seed=0, shape=(30, 26, 20), spacing=(1.5, 1.0, 2.0), progress=True
+    )
     loaded = cases(root)
     assert {nib.aff2axcodes(img.affine) for _, _, img in loaded} >= {("R", "A", "S"), ("P", "I", "R")}
     for image, label, img in loaded:

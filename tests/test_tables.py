@@ -28,25 +28,41 @@ def write_metrics(path, rows):
 @pytest.fixture
 def metrics(tmp_path):
     brain_u = [
-        write_metrics(tmp_path / "bu0.csv", [("a", 0, 0.99), ("a", 1, 0.8), ("a", 2, 0.6), ("a", 3, 0.7),
-                                             ("b", 1, 0.9), ("b", 2, NAN), ("b", 3, 0.5)]),
+        write_metrics(
+            tmp_path / "bu0.csv",
+            [("a", 0, 0.99), ("a", 1, 0.8), ("a", 2, 0.6), ("a", 3, 0.7), ("b", 1, 0.9), ("b", 2, NAN), ("b", 3, 0.5)],
+        ),
         write_metrics(tmp_path / "bu1.csv", [("c", 1, 0.7), ("c", 2, 0.4), ("c", 3, 0.9)]),
     ]
     brain_s = [write_metrics(tmp_path / "bs0.csv", [("a", 1, 0.5), ("a", 2, 0.5), ("a", 3, 0.5)])]
-    heart_u = [write_metrics(tmp_path / "hu0.csv", [("h1", 1, 0.9), ("h2", 1, 0.8)]),
-               write_metrics(tmp_path / "hu1.csv", [("h3", 1, 0.95)])]
+    heart_u = [
+        write_metrics(tmp_path / "hu0.csv", [("h1", 1, 0.9), ("h2", 1, 0.8)]),
+        write_metrics(tmp_path / "hu1.csv", [("h3", 1, 0.95)]),
+    ]
     heart_s = [write_metrics(tmp_path / "hs0.csv", [("h1", 1, 0.92), ("h2", 1, 0.88)])]
-    heart_t = [write_metrics(tmp_path / "ht0.csv", [("h1", 1, 0.6), ("h2", 1, 1.0)]),
-               write_metrics(tmp_path / "ht1.csv", [("h3", 1, NAN)])]
-    return {(BRAIN, "uresnet"): brain_u, (BRAIN, "scnas"): brain_s, (HEART, "uresnet"): heart_u,
-            (HEART, "scnas"): heart_s, (HEART, "scnas_transfer"): heart_t}
+    heart_t = [
+        write_metrics(tmp_path / "ht0.csv", [("h1", 1, 0.6), ("h2", 1, 1.0)]),
+        write_metrics(tmp_path / "ht1.csv", [("h3", 1, NAN)]),
+    ]
+    return {
+        (BRAIN, "uresnet"): brain_u,
+        (BRAIN, "scnas"): brain_s,
+        (HEART, "uresnet"): heart_u,
+        (HEART, "scnas"): heart_s,
+        (HEART, "scnas_transfer"): heart_t,
+    }
 
 
 def test_cv_table_statistics(metrics):
     table = cv_table(metrics, LABELS, MODELS)
     assert list(table.index) == ["3D U-ResNet", "SCNAS", "SCNAS (transfer)"]
     assert list(dict.fromkeys((t, l) for t, l, _ in table.columns)) == [
-        (BRAIN, "Edema"), (BRAIN, "Non-Enhancing"), (BRAIN, "Enhancing"), (BRAIN, "Average"), (HEART, "Left Atrium")]
+        (BRAIN, "Edema"),
+        (BRAIN, "Non-Enhancing"),
+        (BRAIN, "Enhancing"),
+        (BRAIN, "Average"),
+        (HEART, "Left Atrium"),
+    ]
 
     u = table.loc["3D U-ResNet"]
     assert u[(BRAIN, "Edema", "mean")] == pytest.approx((0.8 + 0.9 + 0.7) / 3)

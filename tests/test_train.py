@@ -22,13 +22,26 @@ from scnas.train.retrain import RetrainRequest, retrain
 from scnas.train.sampler import PatchSampler
 from scnas.train.search import SearchRequest, search, temperature
 
-NO_AUG = {k: 0.0 for k in ("p_rotation", "p_scaling", "p_elastic", "p_noise", "p_blur", "p_brightness",
-                           "p_contrast", "p_gamma", "p_gamma_invert")}
+NO_AUG = {
+    k: 0.0
+    for k in (
+        "p_rotation",
+        "p_scaling",
+        "p_elastic",
+        "p_noise",
+        "p_blur",
+        "p_brightness",
+        "p_contrast",
+        "p_gamma",
+        "p_gamma_invert",
+    )
+}
 
 
 def _stage(**train):
-    return stage_from_dict({"train": {"batch_size": 2, "uresnet_channels": 4, "lr": 1e-3, "amp": False,
-                                      "augmentation": NO_AUG, **train}})
+    return stage_from_dict(
+        {"train": {"batch_size": 2, "uresnet_channels": 4, "lr": 1e-3, "amp": False, "augmentation": NO_AUG, **train}}
+    )
 
 
 def _log(path: Path) -> list[dict]:
@@ -60,7 +73,9 @@ def test_global_batch_is_sliced_across_ranks(tiny_task):
     ids = sorted(p.name[:-5] for p in pre.glob("*.json") if p.name != "plans.json")
     sampler = PatchSampler.from_dir(pre, ids, (8, 8, 8), 0.33)
     whole = list(sampler.batches(seed=3, epoch=2, iterations=3, global_batch=4))
-    halves = [list(sampler.batches(seed=3, epoch=2, iterations=3, global_batch=4, rank=r, world_size=2)) for r in (0, 1)]
+    halves = [
+        list(sampler.batches(seed=3, epoch=2, iterations=3, global_batch=4, rank=r, world_size=2)) for r in (0, 1)
+    ]
     for it in range(3):
         np.testing.assert_array_equal(np.concatenate([halves[0][it][0], halves[1][it][0]]), whole[it][0])
         np.testing.assert_array_equal(np.concatenate([halves[0][it][1], halves[1][it][1]]), whole[it][1])
@@ -69,8 +84,16 @@ def test_global_batch_is_sliced_across_ranks(tiny_task):
 
 def test_training_lowers_the_loss_and_writes_a_final_model(tiny_task, tmp_path):
     out = tmp_path / "uresnet" / "fold_0"
-    retrain(RetrainRequest(tiny_task["pre"], tiny_task["splits"], 0, out, "uresnet",
-                           _stage(max_epochs=30, iterations_per_epoch=8, lr=3e-3)))
+    retrain(
+        RetrainRequest(
+            tiny_task["pre"],
+            tiny_task["splits"],
+            0,
+            out,
+            "uresnet",
+            _stage(max_epochs=30, iterations_per_epoch=8, lr=3e-3),
+        )
+    )
     losses = [float(r["train_loss"]) for r in _log(out / "training_log.csv")]
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:2]), losses
@@ -82,9 +105,16 @@ def test_training_lowers_the_loss_and_writes_a_final_model(tiny_task, tmp_path):
 
 def test_lr_drops_on_plateau_and_training_stops_below_min_lr(tiny_task, tmp_path):
     out = tmp_path / "run"
-    retrain(RetrainRequest(tiny_task["pre"], tiny_task["splits"], 1, out, "uresnet",
-                           _stage(max_epochs=30, iterations_per_epoch=1, lr=1e-6, patience=1, lr_factor=0.1,
-                                  min_lr=5e-8)))
+    retrain(
+        RetrainRequest(
+            tiny_task["pre"],
+            tiny_task["splits"],
+            1,
+            out,
+            "uresnet",
+            _stage(max_epochs=30, iterations_per_epoch=1, lr=1e-6, patience=1, lr_factor=0.1, min_lr=5e-8),
+        )
+    )
     rows = _log(out / "training_log.csv")
     lrs = [float(r["lr"]) for r in rows]
     assert lrs[0] == 1e-6 and min(lrs) <= 1e-7
@@ -92,10 +122,34 @@ def test_lr_drops_on_plateau_and_training_stops_below_min_lr(tiny_task, tmp_path
 
 
 def _train_cmd(task, out: Path, max_epochs: int) -> list[str]:
-    config = {"seed": 5, "train": {"batch_size": 2, "uresnet_channels": 4, "max_epochs": max_epochs,
-                                   "iterations_per_epoch": 6, "amp": False}}
-    return [sys.executable, "-m", "scnas", "train", "--model", "uresnet", "--preprocessed", str(task["pre"]),
-            "--splits", str(task["splits"]), "--fold", "2", "--out", str(out), "--config", json.dumps(config)]
+    config = {
+        "seed": 5,
+        "train": {
+            "batch_size": 2,
+            "uresnet_channels": 4,
+            "max_epochs": max_epochs,
+            "iterations_per_epoch": 6,
+            "amp": False,
+        },
+    }
+    return [
+        sys.executable,
+        "-m",
+        "scnas",
+        "train",
+        "--model",
+        "uresnet",
+        "--preprocessed",
+        str(task["pre"]),
+        "--splits",
+        str(task["splits"]),
+        "--fold",
+        "2",
+        "--out",
+        str(out),
+        "--config",
+        json.dumps(config),
+    ]
 
 
 def test_resume_after_sigkill_gives_the_same_weights(tiny_task, tmp_path):
@@ -130,13 +184,25 @@ def test_resume_after_sigkill_gives_the_same_weights(tiny_task, tmp_path):
 
 def test_resume_refuses_a_checkpoint_of_another_model(tiny_task, tmp_path):
     out = tmp_path / "fold"
-    retrain(RetrainRequest(tiny_task["pre"], tiny_task["splits"], 0, out, "uresnet", _stage(max_epochs=1, iterations_per_epoch=1)))
+    retrain(
+        RetrainRequest(
+            tiny_task["pre"], tiny_task["splits"], 0, out, "uresnet", _stage(max_epochs=1, iterations_per_epoch=1)
+        )
+    )
     (out / "checkpoint_final.pt").unlink()
     from scnas.errors import ScnasError
 
     with pytest.raises(ScnasError, match="another model or config"):
-        retrain(RetrainRequest(tiny_task["pre"], tiny_task["splits"], 0, out, "uresnet",
-                               stage_from_dict({"train": {"uresnet_channels": 8, "max_epochs": 2}})))
+        retrain(
+            RetrainRequest(
+                tiny_task["pre"],
+                tiny_task["splits"],
+                0,
+                out,
+                "uresnet",
+                stage_from_dict({"train": {"uresnet_channels": 8, "max_epochs": 2}}),
+            )
+        )
 
 
 def test_temperature_anneals_from_start_to_end():
@@ -148,16 +214,31 @@ def test_temperature_anneals_from_start_to_end():
 
 
 def test_search_moves_alpha_lowers_the_architecture_loss_and_writes_a_genotype(tiny_task, tmp_path):
-    stage = stage_from_dict({"search": {"stem_channels": 8, "batch_size": 2, "epochs": 6, "iterations_per_epoch": 6,
-                                        "amp": False, "weight_lr": 0.01, "alpha_lr": 0.05, "augmentation": NO_AUG,
-                                        "tau": {"start": 2.0, "end": 0.5}}})
+    stage = stage_from_dict(
+        {
+            "search": {
+                "stem_channels": 8,
+                "batch_size": 2,
+                "epochs": 6,
+                "iterations_per_epoch": 6,
+                "amp": False,
+                "weight_lr": 0.01,
+                "alpha_lr": 0.05,
+                "augmentation": NO_AUG,
+                "tau": {"start": 2.0, "end": 0.5},
+            }
+        }
+    )
     out = tmp_path / "search" / "fold_0"
     search(SearchRequest(tiny_task["pre"], tiny_task["splits"], 0, out, stage, task="tiny"))
     rows = _log(out / "search_log.csv")
     arch = [float(r["arch_loss"]) for r in rows]
     assert np.mean(arch[-2:]) < np.mean(arch[:2]), arch
     history = json.loads((out / "alpha_history.json").read_text())
-    first, last = np.array(history[0]["softmax_alpha"]["encoder_normal"]), np.array(history[-1]["softmax_alpha"]["encoder_normal"])
+    first, last = (
+        np.array(history[0]["softmax_alpha"]["encoder_normal"]),
+        np.array(history[-1]["softmax_alpha"]["encoder_normal"]),
+    )
     assert np.abs(last - first).max() > 1e-3
     genotype = json.loads((out / "genotype.json").read_text())
     assert genotype["format"] == "scnas-genotype" and genotype["source"]["fold"] == 0

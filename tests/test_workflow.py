@@ -14,8 +14,9 @@ from conftest import BIN, REPO, cli_env
 
 
 def snakemake(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "snakemake"), *args], cwd=REPO, env=cli_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "snakemake"), *args], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:

@@ -22,8 +22,9 @@ DIRECTION_ATOL = 1e-3
 ORIGIN_ATOL_MM = 5e-3
 
 
-def check_dataset(root: str | os.PathLike, case_ids: Iterable[str] | None = None, threads: int = 1,
-                  progress: bool = False) -> tuple[Dataset | None, list[str]]:
+def check_dataset(
+    root: str | os.PathLike, case_ids: Iterable[str] | None = None, threads: int = 1, progress: bool = False
+) -> tuple[Dataset | None, list[str]]:
     """Every problem of the MSD task at `root`, dataset-level first, then case by case in dataset order.
 
     The Dataset is None when dataset.json has problems; the case files it still names are checked anyway.
@@ -31,10 +32,10 @@ def check_dataset(root: str | os.PathLike, case_ids: Iterable[str] | None = None
     """
     root = Path(root)
     try:
-        dataset, problems = parse_dataset_problems(root)
+        declared, problems = parse_dataset_problems(root)
     except DatasetError as e:
         return None, [str(e)]
-    declared = dataset or _salvage(root)
+    dataset = None if problems else declared
     cases = list(declared.cases)
     if case_ids is not None:
         wanted = list(dict.fromkeys(case_ids))
@@ -64,8 +65,10 @@ def validate_dataset(root: str | os.PathLike, case_ids: Iterable[str] | None = N
         message = problems[0]
         if len(problems) > 1:
             more = len(problems) - 1
-            message += (f" (and {more} more problem{'s' if more > 1 else ''}: "
-                        f"run `scnas check --dataset {shlex.quote(str(root))}`)")
+            message += (
+                f" (and {more} more problem{'s' if more > 1 else ''}: "
+                f"run `scnas check --dataset {shlex.quote(str(root))}`)"
+            )
         raise DatasetError(message)
     assert dataset is not None
     return dataset
@@ -86,33 +89,17 @@ def check_case(case: Case, dataset: Dataset) -> list[str]:
     """
     n = dataset.num_channels
     problems: list[str] = []
-    image = _check_image_file(case.image, f"{case.image}: case {case.id}: ", n or None,
-                              f"dataset.json declares {n} modalit{'ies' if n != 1 else 'y'}", problems)
+    image = _check_image_file(
+        case.image,
+        f"{case.image}: case {case.id}: ",
+        n or None,
+        f"dataset.json declares {n} modalit{'ies' if n != 1 else 'y'}",
+        problems,
+    )
     label = _check_label_file(case, dataset.labels, problems)
     if image is not None and label is not None:
         problems += _geometry_problems(case, image, label)
     return problems
-
-
-def _salvage(root: Path) -> Dataset:
-    """What a faulty dataset.json still declares, to check the case files anyway.
-
-    `modality` and `labels` with any problem are left empty; training entries that parse are kept.
-    """
-    from scnas.data import dataset as parsing
-
-    data = parsing.read_dataset_json(root)
-    where = root / "dataset.json"
-
-    def part(key: str, parse, empty):
-        scratch: list[str] = []
-        value = parse(data[key], where, scratch) if key in data else empty
-        return empty if scratch else value
-
-    cases = parsing._parse_training(root, data["training"], where, []) if "training" in data else []
-    return Dataset(root=root, name=str(data.get("name", root.name)),
-                   modalities=part("modality", parsing._parse_modalities, ()),
-                   labels=part("labels", parsing._parse_labels, {}), cases=tuple(cases))
 
 
 def _read(path: Path, where: str, role: str, problems: list[str]) -> tuple[ImageHeader, np.ndarray] | None:
@@ -132,8 +119,9 @@ def _read(path: Path, where: str, role: str, problems: list[str]) -> tuple[Image
     return header, voxels
 
 
-def _check_image_file(path: Path, where: str, channels: int | None, declared: str,
-                      problems: list[str]) -> ImageHeader | None:
+def _check_image_file(
+    path: Path, where: str, channels: int | None, declared: str, problems: list[str]
+) -> ImageHeader | None:
     read = _read(path, where, "image", problems)
     if read is None:
         return None
@@ -172,8 +160,9 @@ def _check_label_file(case: Case, labels: dict[int, str], problems: list[str]) -
     elif labels:
         undeclared = [int(v) for v in values if int(v) not in labels]
         if undeclared:
-            problems.append(f"{where}label holds values {undeclared} not declared in dataset.json 'labels' "
-                            f"{sorted(labels)}")
+            problems.append(
+                f"{where}label holds values {undeclared} not declared in dataset.json 'labels' {sorted(labels)}"
+            )
     return header
 
 
@@ -215,12 +204,16 @@ def _geometry_problems(case: Case, image: ImageHeader, label: ImageHeader) -> li
         return [f"{where}label spacing {_fmt(lab_sp)} differs from image spacing {_fmt(img_sp)}"]
     img_dir, lab_dir = image.affine[:3, :3] / img_sp, label.affine[:3, :3] / lab_sp
     if not np.allclose(lab_dir, img_dir, rtol=0, atol=DIRECTION_ATOL):
-        return [f"{where}label orientation differs from the image's (direction cosines differ by up to "
-                f"{np.abs(lab_dir - img_dir).max():.3g})"]
+        return [
+            f"{where}label orientation differs from the image's (direction cosines differ by up to "
+            f"{np.abs(lab_dir - img_dir).max():.3g})"
+        ]
     offset = np.linalg.norm(label.affine[:3, 3] - image.affine[:3, 3])
     if offset > ORIGIN_ATOL_MM:
-        return [f"{where}label origin {_fmt(label.affine[:3, 3])} differs from image origin "
-                f"{_fmt(image.affine[:3, 3])} by {offset:.3g} mm"]
+        return [
+            f"{where}label origin {_fmt(label.affine[:3, 3])} differs from image origin "
+            f"{_fmt(image.affine[:3, 3])} by {offset:.3g} mm"
+        ]
     return []
 
 

@@ -75,8 +75,11 @@ def read_header(path: Path) -> ImageHeader:
         raise DatasetError(f"{path}: not a readable NIfTI file ({_short(e)})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise DatasetError(f"{path}: not a NIfTI file ({type(img).__name__})")
-    return ImageHeader(shape=tuple(int(s) for s in img.shape), affine=np.asarray(img.affine, dtype=np.float64),
-                       dtype=str(img.get_data_dtype()))
+    return ImageHeader(
+        shape=tuple(int(s) for s in img.shape),
+        affine=np.asarray(img.affine, dtype=np.float64),
+        dtype=str(img.get_data_dtype()),
+    )
 
 
 def _short(e: Exception) -> str:
@@ -174,8 +177,12 @@ def parse_dataset(root: str | os.PathLike) -> Dataset:
     return dataset
 
 
-def parse_dataset_problems(root: str | os.PathLike) -> tuple[Dataset | None, list[str]]:
-    """Parse dataset.json, collecting every structural problem (one line each) instead of stopping."""
+def parse_dataset_problems(root: str | os.PathLike) -> tuple[Dataset, list[str]]:
+    """Parse dataset.json, collecting every structural problem (one line each) instead of stopping.
+
+    The Dataset holds what did parse (a faulty `modality` or `labels` is left empty, unparsable
+    training entries are dropped), so the case files can still be checked.
+    """
     root = Path(root)
     data = read_dataset_json(root)
     where = root / "dataset.json"
@@ -183,20 +190,33 @@ def parse_dataset_problems(root: str | os.PathLike) -> tuple[Dataset | None, lis
     for key in ("modality", "labels", "training"):
         if key not in data:
             problems.append(f"{where}: missing key {key!r}")
-    modalities = _parse_modalities(data.get("modality"), where, problems) if "modality" in data else ()
-    labels = _parse_labels(data.get("labels"), where, problems) if "labels" in data else {}
-    cases = _parse_training(root, data.get("training"), where, problems) if "training" in data else []
-    if "numTraining" in data and isinstance(data.get("training"), list) and data["numTraining"] != len(data["training"]):
-        problems.append(f"{where}: numTraining is {data['numTraining']} but 'training' lists {len(data['training'])} cases")
-    if problems:
-        return None, problems
-    return Dataset(root=root, name=str(data.get("name", root.name)), modalities=modalities, labels=labels,
-                   cases=tuple(cases)), []
+
+    def section(key: str, parse, empty):
+        found: list[str] = []
+        value = parse(data[key], where, found) if key in data else empty
+        problems.extend(found)
+        return empty if found else value
+
+    modalities = section("modality", _parse_modalities, ())
+    labels = section("labels", _parse_labels, {})
+    cases = _parse_training(root, data["training"], where, problems) if "training" in data else []
+    if (
+        "numTraining" in data
+        and isinstance(data.get("training"), list)
+        and data["numTraining"] != len(data["training"])
+    ):
+        problems.append(
+            f"{where}: numTraining is {data['numTraining']} but 'training' lists {len(data['training'])} cases"
+        )
+    dataset = Dataset(
+        root=root, name=str(data.get("name", root.name)), modalities=modalities, labels=labels, cases=tuple(cases)
+    )
+    return dataset, problems
 
 
 def _parse_modalities(modality: Any, where: Path, problems: list[str]) -> tuple[str, ...]:
     if not isinstance(modality, dict) or not modality:
-        problems.append(f"{where}: 'modality' must be a non-empty object like {{\"0\": \"MRI\"}}")
+        problems.append(f'{where}: \'modality\' must be a non-empty object like {{"0": "MRI"}}')
         return ()
     try:
         by_channel = {int(k): str(v) for k, v in modality.items()}
@@ -211,7 +231,7 @@ def _parse_modalities(modality: Any, where: Path, problems: list[str]) -> tuple[
 
 def _parse_labels(labels_raw: Any, where: Path, problems: list[str]) -> dict[int, str]:
     if not isinstance(labels_raw, dict) or not labels_raw:
-        problems.append(f"{where}: 'labels' must be a non-empty object like {{\"0\": \"background\"}}")
+        problems.append(f'{where}: \'labels\' must be a non-empty object like {{"0": "background"}}')
         return {}
     labels: dict[int, str] = {}
     for k, v in labels_raw.items():

@@ -54,8 +54,13 @@ def load_label(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return data.astype(np.int16), np.asarray(img.affine, dtype=np.float64)
 
 
-def save_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, like: str | os.PathLike | None = None,
-               dtype: type | None = None) -> None:
+def save_nifti(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    affine: np.ndarray,
+    like: str | os.PathLike | None = None,
+    dtype: type | None = None,
+) -> None:
     """Write `data` ((X, Y, Z) or (C, X, Y, Z) -> channels last) atomically.
 
     With `like`, the header (qform/sform codes, units, description) is copied from that file so the

@@ -21,8 +21,13 @@ INTENSITY_SAMPLES = 100_000
 """Foreground voxels sampled per case for the CT intensity statistics."""
 
 
-def make_plans(dataset: Dataset, preprocess: PreprocessConfig, plan: PlanConfig,
-               case_ids: Sequence[str] | None = None, threads: int = 1) -> dict:
+def make_plans(
+    dataset: Dataset,
+    preprocess: PreprocessConfig,
+    plan: PlanConfig,
+    case_ids: Sequence[str] | None = None,
+    threads: int = 1,
+) -> dict:
     """Plans of `dataset` from the fingerprint of the given (training) cases, all cases by default."""
     ids = list(case_ids) if case_ids is not None else list(dataset.case_ids)
     if not ids:
@@ -31,7 +36,9 @@ def make_plans(dataset: Dataset, preprocess: PreprocessConfig, plan: PlanConfig,
     ct_channels = [c for c in range(dataset.num_channels) if dataset.is_ct(c)]
     fingerprints = map_cases(
         partial(_fingerprint, num_channels=dataset.num_channels, target=preprocess.spacing, ct_channels=ct_channels),
-        cases, threads)
+        cases,
+        threads,
+    )
     median_shape = [float(m) for m in np.median(np.array([shape for shape, _ in fingerprints]), axis=0)]
 
     normalization = []
@@ -41,8 +48,10 @@ def make_plans(dataset: Dataset, preprocess: PreprocessConfig, plan: PlanConfig,
             continue
         samples = np.concatenate([values[ct_channels.index(c)] for _, values in fingerprints])
         if samples.size == 0:
-            raise DatasetError(f"{dataset.root / 'dataset.json'}: channel {c} is CT, but the label maps of the "
-                               f"planned cases hold no foreground voxels to take its intensity statistics from")
+            raise DatasetError(
+                f"{dataset.root / 'dataset.json'}: channel {c} is CT, but the label maps of the "
+                f"planned cases hold no foreground voxels to take its intensity statistics from"
+            )
         normalization.append(ct_statistics(samples, preprocess.ct_clip_percentiles))
 
     return {
@@ -57,7 +66,8 @@ def make_plans(dataset: Dataset, preprocess: PreprocessConfig, plan: PlanConfig,
         "ct_clip_percentiles": [float(p) for p in preprocess.ct_clip_percentiles],
         "normalization": normalization,
         "median_shape": median_shape,
-        "patch_size": fit_patch_size(plan.patch_size, median_shape) if plan.fit_to_median_shape
+        "patch_size": fit_patch_size(plan.patch_size, median_shape)
+        if plan.fit_to_median_shape
         else [int(p) for p in plan.patch_size],
         "case_ids": ids,
     }
@@ -68,8 +78,9 @@ def fit_patch_size(patch_size: Sequence[int], median_shape: Sequence[float]) -> 
     return [int(min(p, 8 * math.ceil(m / 8))) for p, m in zip(patch_size, median_shape)]
 
 
-def _fingerprint(case: Case, num_channels: int, target: Sequence[float],
-                 ct_channels: list[int]) -> tuple[list[int], list[np.ndarray]]:
+def _fingerprint(
+    case: Case, num_channels: int, target: Sequence[float], ct_channels: list[int]
+) -> tuple[list[int], list[np.ndarray]]:
     """Shape of the case after crop and resampling, and sampled foreground intensities of its CT channels."""
     image, affine, label = load_case_arrays(case, num_channels, with_label=bool(ct_channels))
     ornt, _, spacing = canonical_geometry(affine, image.shape[1:])

@@ -23,8 +23,14 @@ import numpy as np
 from scnas.data.dataset import Case, Dataset
 from scnas.data.nifti import load_image, load_label
 from scnas.data.normalize import nonzero_mask, normalize
-from scnas.data.resample import (bounding_box, effective_spacing, resample_image, resample_label, resample_mask,
-                                 target_shape)
+from scnas.data.resample import (
+    bounding_box,
+    effective_spacing,
+    resample_image,
+    resample_label,
+    resample_mask,
+    target_shape,
+)
 from scnas.errors import DatasetError
 from scnas.io import atomic_path, read_json, save_npy, write_json
 
@@ -89,8 +95,9 @@ def nonzero_bbox(image: np.ndarray) -> list[list[int]]:
     return box if box is not None else [[0, int(n)] for n in image.shape[1:]]
 
 
-def load_case_arrays(case: Case, num_channels: int,
-                     with_label: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def load_case_arrays(
+    case: Case, num_channels: int, with_label: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Image (C, X, Y, Z), affine and label of a case; refuses (one line naming the file) what cannot be
     preprocessed."""
     image, affine = load_image(case.image)
@@ -103,12 +110,14 @@ def load_case_arrays(case: Case, num_channels: int,
         label, _ = load_label(case.label)
         if label.shape != image.shape[1:]:
             raise DatasetError(
-                f"{case.label}: shape {tuple(label.shape)} differs from the image's {tuple(image.shape[1:])}")
+                f"{case.label}: shape {tuple(label.shape)} differs from the image's {tuple(image.shape[1:])}"
+            )
     return image, affine, label
 
 
-def preprocess_arrays(image: np.ndarray, affine: np.ndarray, plans: dict,
-                      label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+def preprocess_arrays(
+    image: np.ndarray, affine: np.ndarray, plans: dict, label: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Reorient, crop, resample and normalise one case; returns image (C, x, y, z) float32, label
     (x, y, z) int16 or None, and the JSON-able properties that `restore` needs to invert it."""
     if image.ndim != 4 or image.shape[0] != plans["num_channels"]:
@@ -161,8 +170,9 @@ def preprocess_arrays(image: np.ndarray, affine: np.ndarray, plans: dict,
     return data, seg, properties
 
 
-def restore(array: np.ndarray, properties: dict, kind: Literal["label", "probabilities"],
-            label_interpolation: str = "linear") -> np.ndarray:
+def restore(
+    array: np.ndarray, properties: dict, kind: Literal["label", "probabilities"], label_interpolation: str = "linear"
+) -> np.ndarray:
     """Map a preprocessed-space array back onto the original image grid: undo the resampling, uncrop
     (background outside the crop) and undo the reorientation. label (x, y, z) -> int16 (X, Y, Z);
     probabilities (K, x, y, z) -> float32 (K, X, Y, Z), background probability 1 outside the crop."""
@@ -186,8 +196,9 @@ def restore(array: np.ndarray, properties: dict, kind: Literal["label", "probabi
     return np.ascontiguousarray(from_canonical(full, np.asarray(properties["orientation"])))
 
 
-def sample_foreground(label: np.ndarray | None, labels: Iterable[int], samples: int,
-                      case_id: str) -> dict[str, np.ndarray]:
+def sample_foreground(
+    label: np.ndarray | None, labels: Iterable[int], samples: int, case_id: str
+) -> dict[str, np.ndarray]:
     """Up to `samples` voxel coordinates (N, 3) int32 per foreground label, seeded by the case id."""
     if label is None:
         return {str(value): np.zeros((0, 3), dtype=np.int32) for value in labels}
@@ -219,8 +230,14 @@ def preprocess_case(case: Case, plans: dict, out_dir: Path) -> dict:
     return properties
 
 
-def _write_case(out_dir: Path, case_id: str, data: np.ndarray, seg: np.ndarray | None,
-                foreground: dict[str, np.ndarray], properties: dict) -> None:
+def _write_case(
+    out_dir: Path,
+    case_id: str,
+    data: np.ndarray,
+    seg: np.ndarray | None,
+    foreground: dict[str, np.ndarray],
+    properties: dict,
+) -> None:
     files = case_files(out_dir, case_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     files["properties"].unlink(missing_ok=True)
@@ -239,8 +256,9 @@ def _write_case(out_dir: Path, case_id: str, data: np.ndarray, seg: np.ndarray |
         raise
 
 
-def map_cases(fn: Callable[[T], R], items: Sequence[T], threads: int = 1, progress: bool = False,
-              desc: str = "") -> list[R]:
+def map_cases(
+    fn: Callable[[T], R], items: Sequence[T], threads: int = 1, progress: bool = False, desc: str = ""
+) -> list[R]:
     """`[fn(x) for x in items]` on `threads` worker threads, with an optional tqdm bar; the first error
     cancels what has not started. Threads, not processes: numpy, zlib and torch release the GIL in the heavy
     parts, and spawned processes cost more than they gain (6 cases of 180x180x120x4 -> 0.7 mm on 2 cores:
@@ -268,8 +286,14 @@ def map_cases(fn: Callable[[T], R], items: Sequence[T], threads: int = 1, progre
     return results
 
 
-def preprocess_dataset(dataset: Dataset, plans: dict, out_dir: Path, case_ids: Sequence[str] | None = None,
-                       threads: int = 1, progress: bool = True) -> None:
+def preprocess_dataset(
+    dataset: Dataset,
+    plans: dict,
+    out_dir: Path,
+    case_ids: Sequence[str] | None = None,
+    threads: int = 1,
+    progress: bool = True,
+) -> None:
     """Preprocess the cases (all, or `case_ids`) in parallel, then write out_dir/plans.json last."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -298,8 +322,13 @@ def load_preprocessed(out_dir: Path, case_id: str, mmap: bool = True) -> Preproc
     shape = tuple(properties["resampled_shape"])
     image = _load_npy(files["image"], mmap, (properties["channels"], *shape), np.float32)
     label = _load_npy(files["label"], mmap, shape, np.int16) if properties["has_label"] else None
-    return PreprocessedCase(case_id=case_id, image=image, label=label, properties=properties,
-                            foreground=_load_foreground(files["foreground"], shape))
+    return PreprocessedCase(
+        case_id=case_id,
+        image=image,
+        label=label,
+        properties=properties,
+        foreground=_load_foreground(files["foreground"], shape),
+    )
 
 
 def _load_npy(path: Path, mmap: bool, shape: tuple[int, ...], dtype: type) -> np.ndarray:
@@ -310,8 +339,7 @@ def _load_npy(path: Path, mmap: bool, shape: tuple[int, ...], dtype: type) -> np
     except (OSError, ValueError, EOFError) as e:
         raise DatasetError(f"{path}: not a readable .npy file ({_first_line(e)})") from None
     if array.shape != shape or array.dtype != dtype:
-        raise DatasetError(f"{path}: holds {array.dtype} {array.shape}, its properties say "
-                           f"{np.dtype(dtype)} {shape}")
+        raise DatasetError(f"{path}: holds {array.dtype} {array.shape}, its properties say {np.dtype(dtype)} {shape}")
     return array
 
 

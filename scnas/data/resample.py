@@ -99,8 +99,9 @@ def _linear_argmax(label: np.ndarray, new_shape: tuple[int, ...]) -> np.ndarray:
             sub_taps.append((i0[o_lo:o_hi] - a, i1[o_lo:o_hi] - a, w[o_lo:o_hi]))
         probs[int(value)] = (box_out, _linear(label[tuple(box_in)] == value, sub_taps))
 
-    union = [[min(box[k][0] for box, _ in probs.values()), max(box[k][1] for box, _ in probs.values())]
-             for k in range(3)]
+    union = [
+        [min(box[k][0] for box, _ in probs.values()), max(box[k][1] for box, _ in probs.values())] for k in range(3)
+    ]
     region = {v: tuple(slice(lo - u, hi - u) for (lo, hi), (u, _) in zip(box, union)) for v, (box, _) in probs.items()}
     base_prob = np.ones([hi - lo for lo, hi in union], dtype=np.float32)
     for v, (_, p) in probs.items():
@@ -136,7 +137,6 @@ def _linear(block: np.ndarray, taps: Sequence[tuple[np.ndarray, np.ndarray, np.n
 
 def _nearest(array: np.ndarray, new_shape: tuple[int, ...]) -> np.ndarray:
     index = [
-        np.minimum(((np.arange(m) + 0.5) * (n / m)).astype(np.int64), n - 1)
-        for n, m in zip(array.shape, new_shape)
+        np.minimum(((np.arange(m) + 0.5) * (n / m)).astype(np.int64), n - 1) for n, m in zip(array.shape, new_shape)
     ]
     return array[np.ix_(*index)]

@@ -23,7 +23,9 @@ def make_splits(case_ids: Sequence[str], num_folds: int = 5, seed: int = 0) -> S
     """K-fold splits: cases sorted, shuffled with `seed`, dealt into folds of near-equal size."""
     ids = sorted(case_ids)
     if len(ids) < num_folds:
-        raise DatasetError(f"{num_folds}-fold cross-validation needs at least {num_folds} cases, the dataset has {len(ids)}")
+        raise DatasetError(
+            f"{num_folds}-fold cross-validation needs at least {num_folds} cases, the dataset has {len(ids)}"
+        )
     order = np.random.default_rng(seed).permutation(len(ids))
     folds = np.array_split(order, num_folds)
     splits = []
@@ -37,7 +39,7 @@ def make_splits(case_ids: Sequence[str], num_folds: int = 5, seed: int = 0) -> S
 def check_splits(splits: object, case_ids: Sequence[str], num_folds: int, source: str) -> Splits:
     """Refuse splits that are not a list of `num_folds` disjoint {train, val} folds covering exactly the cases."""
     if not isinstance(splits, list) or not all(isinstance(f, dict) for f in splits):
-        raise DatasetError(f"{source}: must be a list of {{\"train\": [...], \"val\": [...]}} objects")
+        raise DatasetError(f'{source}: must be a list of {{"train": [...], "val": [...]}} objects')
     if len(splits) != num_folds:
         raise DatasetError(f"{source}: has {len(splits)} folds, the config asks for num_folds={num_folds}")
     known = set(case_ids)

@@ -38,19 +38,40 @@ class _Spec:
 
 
 _SPECS: dict[str, _Spec] = {
-    "brain": _Spec("SyntheticBrainTumour", "Synthetic multi-modal MRI of gliomas (edema, non-enhancing and "
-                   "enhancing tumour), skull-stripped", ("FLAIR", "T1w", "T1gd", "T2w"),
-                   ("background", "edema", "non-enhancing tumor", "enhancing tumour"), 0.9),
-    "heart": _Spec("SyntheticHeart", "Synthetic cardiac MRI; the left atrium among the other blood pools",
-                   ("MRI",), ("background", "left atrium"), 0.8),
-    "lung": _Spec("SyntheticLung", "Synthetic chest CT in Hounsfield units with a small lung tumour",
-                  ("CT",), ("background", "cancer"), 0.9),
+    "brain": _Spec(
+        "SyntheticBrainTumour",
+        "Synthetic multi-modal MRI of gliomas (edema, non-enhancing and enhancing tumour), skull-stripped",
+        ("FLAIR", "T1w", "T1gd", "T2w"),
+        ("background", "edema", "non-enhancing tumor", "enhancing tumour"),
+        0.9,
+    ),
+    "heart": _Spec(
+        "SyntheticHeart",
+        "Synthetic cardiac MRI; the left atrium among the other blood pools",
+        ("MRI",),
+        ("background", "left atrium"),
+        0.8,
+    ),
+    "lung": _Spec(
+        "SyntheticLung",
+        "Synthetic chest CT in Hounsfield units with a small lung tumour",
+        ("CT",),
+        ("background", "cancer"),
+        0.9,
+    ),
 }
 
 
-def make_synthetic_task(kind: Kind, out: str | Path, cases: int, seed: int, size: int = 48,
-                        shape: tuple[int, int, int] | None = None,
-                        spacing: tuple[float, float, float] | None = None, progress: bool = False) -> Path:
+def make_synthetic_task(
+    kind: Kind,
+    out: str | Path,
+    cases: int,
+    seed: int,
+    size: int = 48,
+    shape: tuple[int, int, int] | None = None,
+    spacing: tuple[float, float, float] | None = None,
+    progress: bool = False,
+) -> Path:
     """Write an MSD task folder (dataset.json, imagesTr/, labelsTr/) of `cases` synthetic cases; returns it.
 
     dataset.json is removed first and written last, so a half-generated task never looks complete.
@@ -73,23 +94,32 @@ def make_synthetic_task(kind: Kind, out: str | Path, cases: int, seed: int, size
         save_nifti(out / image_rel, image if len(spec.modalities) > 1 else image[0], affine)
         save_nifti(out / label_rel, label, affine)
         training.append({"image": image_rel, "label": label_rel})
-    write_json(out / "dataset.json", {
-        "name": spec.name,
-        "description": spec.description,
-        "reference": "scnas.data.synthetic",
-        "tensorImageSize": "4D" if len(spec.modalities) > 1 else "3D",
-        "modality": {str(i): m for i, m in enumerate(spec.modalities)},
-        "labels": {str(i): n for i, n in enumerate(spec.labels)},
-        "numTraining": cases,
-        "numTest": 0,
-        "training": training,
-        "test": [],
-    })
+    write_json(
+        out / "dataset.json",
+        {
+            "name": spec.name,
+            "description": spec.description,
+            "reference": "scnas.data.synthetic",
+            "tensorImageSize": "4D" if len(spec.modalities) > 1 else "3D",
+            "modality": {str(i): m for i, m in enumerate(spec.modalities)},
+            "labels": {str(i): n for i, n in enumerate(spec.labels)},
+            "numTraining": cases,
+            "numTest": 0,
+            "training": training,
+            "test": [],
+        },
+    )
     return out
 
 
-def synthetic_case(kind: Kind, seed: int, index: int, size: int = 48, shape: tuple[int, int, int] | None = None,
-                   spacing: tuple[float, float, float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def synthetic_case(
+    kind: Kind,
+    seed: int,
+    index: int,
+    size: int = 48,
+    shape: tuple[int, int, int] | None = None,
+    spacing: tuple[float, float, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One case as stored: image (C, X, Y, Z) in the task's dtype, label (X, Y, Z) uint8, and its affine."""
     spec = _spec(kind)
     if size < 16:
@@ -119,8 +149,10 @@ class _Grid:
         self.shape = tuple(len(a) for a in axes)
 
     def box(self, center: np.ndarray, reach: np.ndarray) -> tuple[slice, slice, slice]:
-        return tuple(slice(int(np.searchsorted(a, c - r)), int(np.searchsorted(a, c + r, side="right")))
-                     for a, c, r in zip(self.axes, center, reach))
+        return tuple(
+            slice(int(np.searchsorted(a, c - r)), int(np.searchsorted(a, c + r, side="right")))
+            for a, c, r in zip(self.axes, center, reach)
+        )
 
     def coords(self, box: tuple[slice, slice, slice] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         box = box or (slice(None),) * 3
@@ -174,14 +206,18 @@ def _field(rng: np.random.Generator, coords, wavelength: tuple[float, float], wa
     return out * np.float32(np.sqrt(2 / waves))
 
 
-def _blob(grid: _Grid, rng: np.random.Generator, center, radii, roughness: float,
-          wavelength: tuple[float, float] = (0.3, 0.8)) -> np.ndarray:
+def _blob(
+    grid: _Grid, rng: np.random.Generator, center, radii, roughness: float, wavelength: tuple[float, float] = (0.3, 0.8)
+) -> np.ndarray:
     """Normalised distance to an irregular ellipsoid (< 1 inside) whose radius wobbles by `roughness`."""
     center, radii = np.asarray(center, float), np.asarray(radii, float)
     box = grid.box(center, radii * (1 + 2.5 * roughness))
     x, y, z = grid.coords(box)
-    r = np.sqrt(((x - float(center[0])) / float(radii[0])) ** 2 + ((y - float(center[1])) / float(radii[1])) ** 2
-                + ((z - float(center[2])) / float(radii[2])) ** 2)
+    r = np.sqrt(
+        ((x - float(center[0])) / float(radii[0])) ** 2
+        + ((y - float(center[1])) / float(radii[1])) ** 2
+        + ((z - float(center[2])) / float(radii[2])) ** 2
+    )
     wobble = np.clip(_field(rng, (x, y, z), wavelength), -2.5, 2.5)
     out = np.full(grid.shape, np.inf, np.float32)
     out[box] = r / (1 + np.float32(roughness) * wobble)
@@ -197,7 +233,7 @@ def _tube(grid: _Grid, start, end, radius: float) -> np.ndarray:
     d = [float(v) for v in end - start]
     t = np.clip(sum(r * v for r, v in zip(rel, d)) / sum(v * v for v in d), 0, 1)
     out = np.zeros(grid.shape, bool)
-    out[box] = sum((r - t * v) ** 2 for r, v in zip(rel, d)) < radius ** 2
+    out[box] = sum((r - t * v) ** 2 for r, v in zip(rel, d)) < radius**2
     return out
 
 
@@ -219,15 +255,18 @@ def _retry(make, rng: np.random.Generator, what: str):
 # four channels together, so that edema vs enhancing tumour overlap in every single channel yet are
 # apart in the (FLAIR, T1gd) plane; non-enhancing tumour is dark in T1w and moderately bright in T2.
 _WM, _GM, _CSF, _EDEMA, _NET, _ENH = 1, 2, 3, 4, 5, 6
-_BRAIN_MEAN = np.array([
-    [0.00, 0.00, 0.00, 0.00],
-    [0.45, 0.80, 0.75, 0.35],
-    [0.55, 0.60, 0.58, 0.50],
-    [0.12, 0.20, 0.20, 0.95],
-    [0.85, 0.50, 0.55, 0.85],
-    [0.76, 0.25, 0.36, 0.70],
-    [0.68, 0.52, 0.85, 0.66],
-], np.float32)
+_BRAIN_MEAN = np.array(
+    [
+        [0.00, 0.00, 0.00, 0.00],
+        [0.45, 0.80, 0.75, 0.35],
+        [0.55, 0.60, 0.58, 0.50],
+        [0.12, 0.20, 0.20, 0.95],
+        [0.85, 0.50, 0.55, 0.85],
+        [0.76, 0.25, 0.36, 0.70],
+        [0.68, 0.52, 0.85, 0.66],
+    ],
+    np.float32,
+)
 _BRAIN_TEXTURE = np.array([0.0, 0.04, 0.04, 0.03, 0.15, 0.12, 0.15], np.float32)
 
 
@@ -253,8 +292,9 @@ def _brain(grid: _Grid, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
         core_d = _blob(grid, rng, core_site, r_core * rng.uniform(0.85, 1.15, 3), 0.2)
         core = (core_d < 1) & (edema_d < 0.8) & (head < 0.9)
         r_active = r_core * rng.uniform(0.7, 0.95)
-        active = _blob(grid, rng, core_site + _unit_ball(rng, 0.1 * r_core), r_active * rng.uniform(0.85, 1.15, 3),
-                       0.15)
+        active = _blob(
+            grid, rng, core_site + _unit_ball(rng, 0.1 * r_core), r_active * rng.uniform(0.85, 1.15, 3), 0.15
+        )
         enhancing = core & (core_d < 0.85) & (active < 1) & (active > rng.uniform(0.0, 0.6))
         parts = (edema & ~core, core & ~enhancing, enhancing)
         if min(int(p.sum()) for p in parts) < _MIN_LABEL_VOXELS:
@@ -299,20 +339,23 @@ def _heart(grid: _Grid, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
 
     lv = _blob(grid, rng, jitter((-0.15, 0.1, -0.15)), scaled((0.23, 0.18, 0.3)), 0.08)
     signal[lv < 1] = myocardium
-    pools = [lv < 0.74,
-             _blob(grid, rng, jitter((0.12, 0.18, -0.15)), scaled((0.16, 0.1, 0.2)), 0.1) < 1,
-             _blob(grid, rng, jitter((0.22, -0.02, 0.05)), scaled((0.12, 0.12, 0.14)), 0.1) < 1,
-             _tube(grid, jitter((0.0, 0.05, 0.05)), jitter((0.02, 0.02, 0.9)), scale * rng.uniform(0.06, 0.08)),
-             _tube(grid, jitter((0.25, 0.05, 0.0)), jitter((0.25, 0.05, 0.9)), scale * rng.uniform(0.04, 0.06)),
-             _tube(grid, (-0.12, -0.38, -10.0), (-0.12, -0.38, 10.0), rng.uniform(0.06, 0.08))]
+    pools = [
+        lv < 0.74,
+        _blob(grid, rng, jitter((0.12, 0.18, -0.15)), scaled((0.16, 0.1, 0.2)), 0.1) < 1,
+        _blob(grid, rng, jitter((0.22, -0.02, 0.05)), scaled((0.12, 0.12, 0.14)), 0.1) < 1,
+        _tube(grid, jitter((0.0, 0.05, 0.05)), jitter((0.02, 0.02, 0.9)), scale * rng.uniform(0.06, 0.08)),
+        _tube(grid, jitter((0.25, 0.05, 0.0)), jitter((0.25, 0.05, 0.9)), scale * rng.uniform(0.04, 0.06)),
+        _tube(grid, (-0.12, -0.38, -10.0), (-0.12, -0.38, 10.0), rng.uniform(0.06, 0.08)),
+    ]
 
     def atrium(rng: np.random.Generator):
         site = jitter((-0.04, -0.18, 0.12))
         mask = _blob(grid, rng, site, scaled((0.14, 0.1, 0.11)), 0.12) < 1
         for side in (-1, 1):
             for dz in (-0.05, 0.05):
-                tip = site + scale * np.array([side * rng.uniform(0.2, 0.28), rng.uniform(-0.1, 0.0),
-                                               dz + rng.normal(0, 0.03)])
+                tip = site + scale * np.array(
+                    [side * rng.uniform(0.2, 0.28), rng.uniform(-0.1, 0.0), dz + rng.normal(0, 0.03)]
+                )
                 mask |= _tube(grid, site, tip, scale * rng.uniform(0.025, 0.04))
         return mask if mask.sum() >= _MIN_LABEL_VOXELS else None
 
@@ -334,8 +377,11 @@ def _lung(grid: _Grid, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
     hu[torso < 0.9] = 40.0
     texture_sd[torso < 1] = 10.0
     z = grid.coords()[2]
-    ribs = (torso > 0.88) & (torso < 0.95) & (np.sin(z * np.float32(2 * np.pi / rng.uniform(0.18, 0.24))
-                                                      + np.float32(rng.uniform(0, 2 * np.pi))) > 0.3)
+    ribs = (
+        (torso > 0.88)
+        & (torso < 0.95)
+        & (np.sin(z * np.float32(2 * np.pi / rng.uniform(0.18, 0.24)) + np.float32(rng.uniform(0, 2 * np.pi))) > 0.3)
+    )
     hu[ribs] = 700.0
     lungs = []
     for side in (-1, 1):

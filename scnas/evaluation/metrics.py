@@ -43,17 +43,28 @@ def dice(prediction: np.ndarray, reference: np.ndarray, labels: Iterable[int]) -
     return {int(label): _dice(prediction == label, reference == label)[0] for label in labels}
 
 
-def hausdorff(prediction: np.ndarray, reference: np.ndarray, labels: Iterable[int],
-              spacing: Sequence[float], percentile: float = 95) -> dict[int, float]:
+def hausdorff(
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    labels: Iterable[int],
+    spacing: Sequence[float],
+    percentile: float = 95,
+) -> dict[int, float]:
     """Symmetric percentile Hausdorff distance (mm) between label surfaces; NaN if in neither map, inf if in one."""
     _check_same_shape(prediction, reference)
     spacing = _check_spacing(spacing, prediction.ndim)
-    return {int(label): _surface_distance(prediction == label, reference == label, spacing, percentile)
-            for label in labels}
+    return {
+        int(label): _surface_distance(prediction == label, reference == label, spacing, percentile) for label in labels
+    }
 
 
-def case_metrics(prediction: np.ndarray, reference: np.ndarray, labels: Iterable[int],
-                 spacing: Sequence[float], percentile: float = 95) -> list[LabelMetrics]:
+def case_metrics(
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    labels: Iterable[int],
+    spacing: Sequence[float],
+    percentile: float = 95,
+) -> list[LabelMetrics]:
     """One row (label, dice, hd, n_pred, n_ref) per label for a per-case table."""
     _check_same_shape(prediction, reference)
     spacing = _check_spacing(spacing, prediction.ndim)
@@ -71,8 +82,13 @@ def hd_column(percentile: float) -> str:
     return f"hd{percentile:g}"
 
 
-def evaluate_cases(pairs: Sequence[tuple[str, str | Path, str | Path]], labels: dict[int, str], out_dir: Path,
-                   percentile: float = 95, threads: int = 1):
+def evaluate_cases(
+    pairs: Sequence[tuple[str, str | Path, str | Path]],
+    labels: dict[int, str],
+    out_dir: Path,
+    percentile: float = 95,
+    threads: int = 1,
+):
     """Metrics for each (case_id, prediction NIfTI, reference NIfTI) -> out_dir/metrics.csv + summary.json.
 
     Label 0 (background) is skipped, so a dataset.json label map can be passed as is. Returns the
@@ -98,11 +114,22 @@ def evaluate_cases(pairs: Sequence[tuple[str, str | Path, str | Path]], labels: 
         results = [one(pair) for pair in pairs]
 
     hd_col = hd_column(percentile)
-    records = [{"case": case_id, "label": row.label, "label_name": labels[row.label], "dice": row.dice,
-                hd_col: row.hd, "n_pred": row.n_pred, "n_ref": row.n_ref}
-               for case_id, rows in results for row in rows]
-    table = pd.DataFrame.from_records(records, columns=["case", "label", "label_name", "dice", hd_col,
-                                                        "n_pred", "n_ref"])
+    records = [
+        {
+            "case": case_id,
+            "label": row.label,
+            "label_name": labels[row.label],
+            "dice": row.dice,
+            hd_col: row.hd,
+            "n_pred": row.n_pred,
+            "n_ref": row.n_ref,
+        }
+        for case_id, rows in results
+        for row in rows
+    ]
+    table = pd.DataFrame.from_records(
+        records, columns=["case", "label", "label_name", "dice", hd_col, "n_pred", "n_ref"]
+    )
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "metrics.csv") as tmp:
         table.to_csv(tmp, index=False)
@@ -142,19 +169,24 @@ def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
 
 
-def _evaluate_case(case_id: str, pred_path: Path, ref_path: Path, labels: list[int],
-                   percentile: float) -> list[LabelMetrics]:
+def _evaluate_case(
+    case_id: str, pred_path: Path, ref_path: Path, labels: list[int], percentile: float
+) -> list[LabelMetrics]:
     from scnas.data.nifti import load_label
 
     prediction, pred_affine = load_label(pred_path)
     reference, ref_affine = load_label(ref_path)
     if prediction.shape != reference.shape:
-        raise ScnasError(f"case {case_id}: prediction {pred_path} has shape {prediction.shape} but reference "
-                         f"{ref_path} has shape {reference.shape}")
+        raise ScnasError(
+            f"case {case_id}: prediction {pred_path} has shape {prediction.shape} but reference "
+            f"{ref_path} has shape {reference.shape}"
+        )
     if not np.allclose(pred_affine, ref_affine, rtol=0, atol=AFFINE_TOLERANCE):
         difference = float(np.abs(pred_affine - ref_affine).max())
-        raise ScnasError(f"case {case_id}: prediction {pred_path} and reference {ref_path} have different "
-                         f"affines (largest difference {difference:.3g})")
+        raise ScnasError(
+            f"case {case_id}: prediction {pred_path} and reference {ref_path} have different "
+            f"affines (largest difference {difference:.3g})"
+        )
     return case_metrics(prediction, reference, labels, spacing_from_affine(ref_affine), percentile)
 
 

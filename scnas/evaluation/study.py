@@ -30,16 +30,23 @@ def parse_metrics_paths(paths: Sequence[str | Path]) -> Found:
     return dict(found)
 
 
-def find_metrics(results: Path, tasks: Sequence[str] | None = None, models: Sequence[str] | None = None,
-                 folds: Sequence[int] | None = None) -> Found:
+def find_metrics(
+    results: Path,
+    tasks: Sequence[str] | None = None,
+    models: Sequence[str] | None = None,
+    folds: Sequence[int] | None = None,
+) -> Found:
     """Every fold's metrics.csv under a results folder, optionally narrowed to tasks, models and folds."""
     if not results.is_dir():
         raise ScnasError(f"{results}: results folder not found")
     paths = sorted(results.glob("*/*/fold_*/metrics.csv"))
-    keep = [p for p in paths
-            if (not tasks or p.parent.parent.parent.name in tasks)
-            and (not models or p.parent.parent.name in models)
-            and (not folds or int(FOLD_DIR.match(p.parent.name).group(1)) in folds)]
+    keep = [
+        p
+        for p in paths
+        if (not tasks or p.parent.parent.parent.name in tasks)
+        and (not models or p.parent.parent.name in models)
+        and (not folds or int(FOLD_DIR.match(p.parent.name).group(1)) in folds)
+    ]
     if not keep:
         raise ScnasError(f"{results}: no RESULTS/TASK/MODEL/fold_K/metrics.csv found")
     return parse_metrics_paths(keep)
@@ -72,8 +79,10 @@ def flops_notes(found: Found) -> list[str]:
 
 def write_study_tables(found: Found, out_prefix: Path) -> list[Path]:
     """The cross-validation table of everything in `found` as out_prefix.csv, .md and .tex."""
-    models = sorted({m for _, m in found}, key=lambda m: list(DEFAULT_MODEL_NAMES).index(m)
-                    if m in DEFAULT_MODEL_NAMES else len(DEFAULT_MODEL_NAMES))
+    models = sorted(
+        {m for _, m in found},
+        key=lambda m: list(DEFAULT_MODEL_NAMES).index(m) if m in DEFAULT_MODEL_NAMES else len(DEFAULT_MODEL_NAMES),
+    )
     labels = {task: _label_names(paths) for (task, _), paths in found.items()}
     table = cv_table(found, labels, {m: DEFAULT_MODEL_NAMES.get(m, m) for m in models})
     notes = flops_notes(found)

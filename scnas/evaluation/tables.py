@@ -24,8 +24,12 @@ STATS = ("mean", "std", "n_cases", "n_folds")
 MISSING = "-"
 
 
-def cv_table(metrics: Mapping[tuple[str, str], Sequence[str | Path]], label_names: Mapping[str, Mapping[int, str]],
-             model_names: Mapping[str, str] | None = None, metric: str = "dice") -> pd.DataFrame:
+def cv_table(
+    metrics: Mapping[tuple[str, str], Sequence[str | Path]],
+    label_names: Mapping[str, Mapping[int, str]],
+    model_names: Mapping[str, str] | None = None,
+    metric: str = "dice",
+) -> pd.DataFrame:
     """Table of per-label CV statistics: index = model display names, columns = (task, label, stat).
 
     `metrics` maps (task, model) to the metrics.csv of each fold. Rows follow `model_names` (then any
@@ -138,8 +142,18 @@ def _long_format(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     for model in table.index:
         for task, label in _cells(table):
             cell = _cell(table, model, task, label)
-            rows.append({"task": task, "model": model, "label": label, "metric": metric, "mean": cell["mean"],
-                         "std": cell["std"], "n_cases": int(cell["n_cases"]), "n_folds": int(cell["n_folds"])})
+            rows.append(
+                {
+                    "task": task,
+                    "model": model,
+                    "label": label,
+                    "metric": metric,
+                    "mean": cell["mean"],
+                    "std": cell["std"],
+                    "n_cases": int(cell["n_cases"]),
+                    "n_folds": int(cell["n_folds"]),
+                }
+            )
     return pd.DataFrame(rows, columns=["task", "model", "label", "metric", "mean", "std", "n_cases", "n_folds"])
 
 
@@ -161,8 +175,10 @@ def _format_cell(cell: dict, metric: str, plus_minus: str) -> str:
 
 def _method_note(metric: str) -> str:
     what = "Dice (%)" if metric == "dice" else metric
-    return (f"{what}: mean ± standard deviation over the validation cases of all folds; Average = mean of the "
-            f"per-label means, ± the standard deviation over cases of each case's mean over labels.")
+    return (
+        f"{what}: mean ± standard deviation over the validation cases of all folds; Average = mean of the "
+        f"per-label means, ± the standard deviation over cases of each case's mean over labels."
+    )
 
 
 def _counts_note(table: pd.DataFrame) -> str:
@@ -200,10 +216,20 @@ def _latex(table: pd.DataFrame, metric: str, notes: list[str]) -> str:
     tasks = list(dict.fromkeys(task for task, _ in cells))
     widths = [sum(1 for task, _ in cells if task == t) for t in tasks]
     spec = "l|" + "|".join("c" * w for w in widths)
-    header = " & ".join([""] + [rf"\multicolumn{{{w}}}{{c{'|' if i < len(tasks) - 1 else ''}}}{{{_tex(t)}}}"
-                                for i, (t, w) in enumerate(zip(tasks, widths))])
-    lines = [rf"\begin{{tabular}}{{{spec}}}", r"\hline", header + r" \\",
-             " & ".join(["Label"] + [_tex(label) for _, label in cells]) + r" \\", r"\hline"]
+    header = " & ".join(
+        [""]
+        + [
+            rf"\multicolumn{{{w}}}{{c{'|' if i < len(tasks) - 1 else ''}}}{{{_tex(t)}}}"
+            for i, (t, w) in enumerate(zip(tasks, widths))
+        ]
+    )
+    lines = [
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\hline",
+        header + r" \\",
+        " & ".join(["Label"] + [_tex(label) for _, label in cells]) + r" \\",
+        r"\hline",
+    ]
     for model in table.index:
         row = [_tex(model)] + [_format_cell(_cell(table, model, *c), metric, r" $\pm$ ") for c in cells]
         lines.append(" & ".join(row) + r" \\")
@@ -212,8 +238,18 @@ def _latex(table: pd.DataFrame, metric: str, notes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def _tex(text: str) -> str:

@@ -11,8 +11,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from scnas.config import InferenceConfig
 from scnas.data.check import check_image
 from scnas.data.dataset import NIFTI_SUFFIXES, case_id_from_path
@@ -24,7 +22,7 @@ from scnas.io import write_json
 from scnas.models.factory import build_model
 from scnas.train.checkpoint import load_model_checkpoint, load_weights
 from scnas.train.distributed import DistContext, init_distributed
-from scnas.train.engine import Precision, progress_enabled
+from scnas.train.engine import Precision, progress
 
 log = logging.getLogger("scnas.predict")
 
@@ -68,8 +66,9 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, Path]
     return found
 
 
-def predict_volume(model: LoadedModel, image: np.ndarray, affine: np.ndarray, settings: InferenceConfig,
-                   device: torch.device) -> np.ndarray:
+def predict_volume(
+    model: LoadedModel, image: np.ndarray, affine: np.ndarray, settings: InferenceConfig, device: torch.device
+) -> np.ndarray:
     """Label map (X, Y, Z) on the image's own grid, in the dataset's label values."""
     pre, _, props = preprocess_arrays(image, affine, model.plans)
     precision = Precision(device, settings.amp)
@@ -79,15 +78,26 @@ def predict_volume(model: LoadedModel, image: np.ndarray, affine: np.ndarray, se
             return torch.softmax(model.network(x).float(), dim=1)
 
     with torch.no_grad():
-        probs = sliding_window(torch.from_numpy(pre).to(device), predictor, model.plans["patch_size"],
-                               overlap=settings.overlap, mode=settings.mode, batch_size=settings.batch_size,
-                               mirror_axes=(0, 1, 2) if settings.mirror else ())
+        probs = sliding_window(
+            torch.from_numpy(pre).to(device),
+            predictor,
+            model.plans["patch_size"],
+            overlap=settings.overlap,
+            mode=settings.mode,
+            batch_size=settings.batch_size,
+            mirror_axes=(0, 1, 2) if settings.mirror else (),
+        )
     restored = restore(probs.float().cpu().numpy(), props, kind="probabilities")
     return np.asarray(model.label_values, dtype=np.int16)[restored.argmax(0)]
 
 
-def predict_files(checkpoint: str | os.PathLike, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                  settings: InferenceConfig, ctx: DistContext | None = None) -> list[Path]:
+def predict_files(
+    checkpoint: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    settings: InferenceConfig,
+    ctx: DistContext | None = None,
+) -> list[Path]:
     """Segment every input image into out_dir/<case>.nii.gz; cases are shared out across processes.
 
     All inputs are validated before anything is written, so a bad scan stops the run with no output.
@@ -100,9 +110,9 @@ def predict_files(checkpoint: str | os.PathLike, inputs: Sequence[str | os.PathL
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise ScnasError(problems[0] + more)
-    mine = images[ctx.rank::ctx.world_size]
+    mine = images[ctx.rank :: ctx.world_size]
     written = []
-    for case_id, path in tqdm(mine, desc="predict", disable=not (ctx.is_main and progress_enabled())):
+    for case_id, path in progress(mine, len(mine), "predict", ctx.is_main):
         image, affine = load_image(path)
         labels = predict_volume(model, image, affine, settings, ctx.device)
         target = out / f"{case_id}.nii.gz"
@@ -111,6 +121,7 @@ def predict_files(checkpoint: str | os.PathLike, inputs: Sequence[str | os.PathL
         log.info("wrote %s", target)
     ctx.barrier()
     if ctx.is_main:
-        write_json(out / "predictions.json", {"checkpoint": str(checkpoint),
-                                              "cases": {c: f"{c}.nii.gz" for c, _ in images}})
+        write_json(
+            out / "predictions.json", {"checkpoint": str(checkpoint), "cases": {c: f"{c}.nii.gz" for c, _ in images}}
+        )
     return written

@@ -54,10 +54,17 @@ def gaussian_weights(patch_size: Sequence[int], sigma_scale: float = GAUSSIAN_SI
     return np.maximum(weights, GAUSSIAN_MIN_WEIGHT)
 
 
-def sliding_window(image: torch.Tensor, predictor: Callable[[torch.Tensor], torch.Tensor],
-                   patch_size: Sequence[int], overlap: float = 0.5, mode: str = "gaussian",
-                   batch_size: int = 2, mirror_axes: Sequence[int] = (), num_classes: int | None = None,
-                   progress: bool = False) -> torch.Tensor:
+def sliding_window(
+    image: torch.Tensor,
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    patch_size: Sequence[int],
+    overlap: float = 0.5,
+    mode: str = "gaussian",
+    batch_size: int = 2,
+    mirror_axes: Sequence[int] = (),
+    num_classes: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
     """Scores (K, *spatial) for an image (C, *spatial), or (B, K, *spatial) for (B, C, *spatial).
 
     `predictor` maps a batch of windows (n, C, *patch_size) to scores (n, K, *patch_size). Volumes smaller
@@ -91,8 +98,11 @@ def sliding_window(image: torch.Tensor, predictor: Callable[[torch.Tensor], torc
     for window in windows:
         weight_sum[window] += weight
 
-    flips = [tuple(2 + a for a in combo) for r in range(len(mirror_axes) + 1)
-             for combo in itertools.combinations(mirror_axes, r)]
+    flips = [
+        tuple(2 + a for a in combo)
+        for r in range(len(mirror_axes) + 1)
+        for combo in itertools.combinations(mirror_axes, r)
+    ]
     tiles = [(b, window) for b in range(volume.shape[0]) for window in windows]
     batches = range(0, len(tiles), batch_size)
     if progress:
@@ -103,7 +113,7 @@ def sliding_window(image: torch.Tensor, predictor: Callable[[torch.Tensor], torc
     scores = None
     with torch.no_grad():
         for first in batches:
-            chunk = tiles[first:first + batch_size]
+            chunk = tiles[first : first + batch_size]
             inputs = torch.stack([volume[b][(slice(None), *window)] for b, window in chunk])
             prediction = _predict_mirrored(predictor, inputs, flips, patch_size)
             if scores is None:
@@ -120,14 +130,20 @@ def sliding_window(image: torch.Tensor, predictor: Callable[[torch.Tensor], torc
     return scores if batched else scores[0]
 
 
-def _predict_mirrored(predictor: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
-                      flips: list[tuple[int, ...]], patch_size: tuple[int, ...]) -> torch.Tensor:
+def _predict_mirrored(
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    flips: list[tuple[int, ...]],
+    patch_size: tuple[int, ...],
+) -> torch.Tensor:
     total = None
     for dims in flips:
         out = predictor(torch.flip(inputs, dims) if dims else inputs)
         if out.ndim != inputs.ndim or out.shape[0] != inputs.shape[0] or tuple(out.shape[2:]) != patch_size:
-            raise ValueError(f"predictor returned shape {tuple(out.shape)} for input {tuple(inputs.shape)}; "
-                             f"expected (n, K, *{patch_size})")
+            raise ValueError(
+                f"predictor returned shape {tuple(out.shape)} for input {tuple(inputs.shape)}; "
+                f"expected (n, K, *{patch_size})"
+            )
         out = out.to(device=inputs.device, dtype=torch.float32)
         if dims:
             out = torch.flip(out, dims)

@@ -20,8 +20,7 @@ from scnas.train.distributed import init_distributed
 CHECKPOINT_NAME = "probe_checkpoint.json"
 
 
-def ddp_probe(steps: int = 3, out: str | None = None, sleep_s: float = 0,
-              checkpoint_dir: str | None = None) -> dict:
+def ddp_probe(steps: int = 3, out: str | None = None, sleep_s: float = 0, checkpoint_dir: str | None = None) -> dict:
     """Run `steps` all_reduce steps on every rank and report what each rank saw (JSON-able).
 
     Step s adds sum over ranks of (rank + 1) * (s + 1) to `total`. With `checkpoint_dir`, rank 0
@@ -45,16 +44,18 @@ def ddp_probe(steps: int = 3, out: str | None = None, sleep_s: float = 0,
                 write_json(ckpt, {"step": step + 1, "total": total, "starts": starts})
         one = torch.ones(1, dtype=torch.float64, device=ctx.device)
         rank_sum = ctx.all_reduce_mean(one * (ctx.rank + 1)).item() * ctx.world_size
-        ranks = ctx.all_gather_object({
-            "rank": ctx.rank,
-            "local_rank": ctx.local_rank,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "device": str(ctx.device),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-            "slurm_restart_count": restart_count,
-        })
+        ranks = ctx.all_gather_object(
+            {
+                "rank": ctx.rank,
+                "local_rank": ctx.local_rank,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "device": str(ctx.device),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                "slurm_restart_count": restart_count,
+            }
+        )
         result = {
             "world_size": ctx.world_size,
             "backend": ctx.backend,

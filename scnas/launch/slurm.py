@@ -16,10 +16,20 @@ from scnas.config import Resources
 from scnas.errors import ScnasError
 
 # States after which a job runs no more (sacct may add detail, e.g. "CANCELLED by 0").
-TERMINAL_STATES = frozenset({
-    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
-    "BOOT_FAIL", "DEADLINE", "REVOKED",
-})
+TERMINAL_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "OUT_OF_MEMORY",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "REVOKED",
+    }
+)
 _COMMAND_TIMEOUT_S = 60
 
 
@@ -78,7 +88,9 @@ def check_request(res: Resources, key: Callable[[str], str]) -> Partition:
     else:
         defaults = [p for p in known.values() if p.is_default]
         if not defaults:
-            raise ScnasError(f"{key('partition')}: not set, and the cluster has no default partition (partitions: {names})")
+            raise ScnasError(
+                f"{key('partition')}: not set, and the cluster has no default partition (partitions: {names})"
+            )
         part = defaults[0]
     gpus = res.gpus_per_node or 0
     if gpus > part.gpus:

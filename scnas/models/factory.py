@@ -18,14 +18,19 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     if arch == "uresnet":
         from scnas.models.uresnet import UResNet
 
-        return UResNet(spec["in_channels"], spec["num_classes"], base_channels=spec["base_channels"],
-                       combine_levels=spec.get("combine_levels", True))
+        return UResNet(
+            spec["in_channels"],
+            spec["num_classes"],
+            base_channels=spec["base_channels"],
+            combine_levels=spec.get("combine_levels", True),
+        )
     if arch == "genotype":
         from scnas.models.genotype_network import GenotypeNetwork
         from scnas.nas.genotype import genotype_from_dict
 
-        return GenotypeNetwork(genotype_from_dict(spec["genotype"]), spec["in_channels"], spec["num_classes"],
-                               spec["stem_channels"])
+        return GenotypeNetwork(
+            genotype_from_dict(spec["genotype"]), spec["in_channels"], spec["num_classes"], spec["stem_channels"]
+        )
     raise ScnasError(f"model spec: unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})")
 
 

@@ -38,8 +38,14 @@ def count_gflops(model: nn.Module, input_shape: Sequence[int], device: str | tor
     return counter.get_total_flops() / 1e9
 
 
-def match_width(build: Callable[[int], nn.Module], target_gflops: float, input_shape: Sequence[int],
-                lo: int = 4, hi: int = 256, step: int = 1) -> tuple[int, float]:
+def match_width(
+    build: Callable[[int], nn.Module],
+    target_gflops: float,
+    input_shape: Sequence[int],
+    lo: int = 4,
+    hi: int = 256,
+    step: int = 1,
+) -> tuple[int, float]:
     """The width in lo, lo + step, ..., <= hi whose model's GFLOPs come closest to target_gflops.
 
     FLOPs grow monotonically with width: bisect for the first width reaching the target, then keep it

@@ -55,7 +55,8 @@ class ResidualBlock(nn.Module):
             nn.InstanceNorm3d(cout, affine=True),
         )
         self.shortcut = (
-            nn.Identity() if cin == cout
+            nn.Identity()
+            if cin == cout
             else nn.Sequential(nn.Conv3d(cin, cout, 1, bias=False), nn.InstanceNorm3d(cout, affine=True))
         )
         self.act = nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True)
@@ -104,11 +105,16 @@ class UResNet(nn.Module):
         super().__init__()
         widths = [base_channels * 2**level for level in range(LEVELS)]
         self.combine_levels = combine_levels
-        self.encoder = nn.ModuleList([nn.Sequential(_conv_norm_act(in_channels, widths[0]), ResidualBlock(widths[0], widths[0]))])
+        self.encoder = nn.ModuleList(
+            [nn.Sequential(_conv_norm_act(in_channels, widths[0]), ResidualBlock(widths[0], widths[0]))]
+        )
         for level in range(1, LEVELS):
-            self.encoder.append(nn.Sequential(
-                _conv_norm_act(widths[level - 1], widths[level], stride=2), ResidualBlock(widths[level], widths[level])
-            ))
+            self.encoder.append(
+                nn.Sequential(
+                    _conv_norm_act(widths[level - 1], widths[level], stride=2),
+                    ResidualBlock(widths[level], widths[level]),
+                )
+            )
         self.decoder = nn.ModuleList([DecoderLevel(widths[level]) for level in range(LEVELS - 1)])
         head_levels = range(LEVELS - 1) if combine_levels else range(1)
         self.heads = nn.ModuleList([nn.Conv3d(widths[level], num_classes, 1) for level in head_levels])

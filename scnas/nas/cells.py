@@ -125,8 +125,9 @@ class Cell(nn.Module):
         self.num_nodes = num_nodes
         self.node_width = node_width(stem_channels, plan.level, num_nodes)
         self.pre0, self.pre1 = (
-            Preprocess(level_channels(stem_channels, OUTPUT_LEVEL[src]), self.node_width,
-                       OUTPUT_LEVEL[src] - plan.input_level)
+            Preprocess(
+                level_channels(stem_channels, OUTPUT_LEVEL[src]), self.node_width, OUTPUT_LEVEL[src] - plan.input_level
+            )
             for src in plan.inputs
         )
         self.edges = nn.ModuleDict()
@@ -136,8 +137,9 @@ class Cell(nn.Module):
             if module is not None:
                 self.edges[edge_key(i, j)] = module
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, sizes: Sequence[tuple[int, ...]],
-                sample=None) -> torch.Tensor:
+    def forward(
+        self, s0: torch.Tensor, s1: torch.Tensor, sizes: Sequence[tuple[int, ...]], sample=None
+    ) -> torch.Tensor:
         """`sample` (an EdgeSample of the cell's type) is passed to mixed edges; None for fixed edges."""
         in_size = sizes[self.plan.input_level]
         states = [self.pre0(s0, in_size), self.pre1(s1, in_size)]
@@ -175,8 +177,9 @@ def node_width(stem_channels: int, level: int, num_nodes: int = NUM_NODES) -> in
 class CellNetwork(nn.Module):
     """Stem -> the 12 cells of MACRO -> 1x1x1 output conv; logits have the input's spatial size."""
 
-    def __init__(self, in_channels: int, num_classes: int, stem_channels: int, num_nodes: int,
-                 make_edge: EdgeFactory) -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, stem_channels: int, num_nodes: int, make_edge: EdgeFactory
+    ) -> None:
         super().__init__()
         if min(in_channels, num_classes, num_nodes) < 1:
             raise ValueError("in_channels, num_classes and num_nodes must be positive")

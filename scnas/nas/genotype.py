@@ -1,7 +1,7 @@
 """Genotype: the derived architecture (one operation per edge, per cell type) and its JSON file.
 
-    {"format": "scnas-genotype", "version": 1, "num_nodes": 4, "operations": [...],
-     "cells": {"encoder_normal": [[0, 2, "conv3"], ...], ...}, "source": {...optional metadata...}}
+{"format": "scnas-genotype", "version": 1, "num_nodes": 4, "operations": [...],
+ "cells": {"encoder_normal": [[0, 2, "conv3"], ...], ...}, "source": {...optional metadata...}}
 """
 
 from __future__ import annotations
@@ -85,8 +85,9 @@ class Genotype:
                 raise GenotypeError(f"missing key {key!r}")
         if "source" in data and not isinstance(data["source"], dict):
             raise GenotypeError("'source' must be an object")
-        return cls(cells=data["cells"], operations=data["operations"], num_nodes=data["num_nodes"],
-                   version=data["version"])
+        return cls(
+            cells=data["cells"], operations=data["operations"], num_nodes=data["num_nodes"], version=data["version"]
+        )
 
 
 def genotype_to_dict(genotype: Genotype) -> dict[str, Any]:
@@ -115,7 +116,7 @@ def format_genotype(data: dict[str, Any]) -> str:
             cells = list(value.items())
             for m, (cell, edges) in enumerate(cells):
                 body = ",\n".join(f"      {json.dumps(edge)}" for edge in edges)
-                lines.append(f'    {json.dumps(cell)}: [\n{body}\n    ]' + ("," if m < len(cells) - 1 else ""))
+                lines.append(f"    {json.dumps(cell)}: [\n{body}\n    ]" + ("," if m < len(cells) - 1 else ""))
             lines.append("  }" + comma)
         else:
             lines.append(f"  {json.dumps(key)}: {json.dumps(value)}{comma}")

@@ -95,8 +95,9 @@ def sample_one_edges(alpha: torch.Tensor, tau: float, generator: torch.Generator
     return _one(alpha, tau, generator)[0].to(alpha.device)
 
 
-def sample_edges(sampling: str, alpha: torch.Tensor, tau: float,
-                 generator: torch.Generator | None = None) -> EdgeSample:
+def sample_edges(
+    sampling: str, alpha: torch.Tensor, tau: float, generator: torch.Generator | None = None
+) -> EdgeSample:
     """Weights for all edges of one cell type under `sampling`, and the operations each edge runs."""
     if sampling == "two":
         weights = _two(alpha, tau, generator)

@@ -42,12 +42,25 @@ class MixedEdge(nn.Module):
 class SearchNetwork(CellNetwork):
     """SCNAS search network; `sampling` is "two" (Algorithm 1), "all" (DARTS) or "one" (hard Gumbel)."""
 
-    def __init__(self, in_channels: int, num_classes: int, stem_channels: int, sampling: str = "two",
-                 num_nodes: int = NUM_NODES, seed: int = 0, tau: float = 1.0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        stem_channels: int,
+        sampling: str = "two",
+        num_nodes: int = NUM_NODES,
+        seed: int = 0,
+        tau: float = 1.0,
+    ) -> None:
         if sampling not in SAMPLINGS:
             raise ValueError(f"unknown sampling {sampling!r}; expected one of {', '.join(SAMPLINGS)}")
-        super().__init__(in_channels, num_classes, stem_channels, num_nodes,
-                         lambda cell_type, index, channels, stride: MixedEdge(channels, stride))
+        super().__init__(
+            in_channels,
+            num_classes,
+            stem_channels,
+            num_nodes,
+            lambda cell_type, index, channels, stride: MixedEdge(channels, stride),
+        )
         self.sampling = sampling
         self.cell_types = CELL_TYPES
         self.tau = float(tau)

@@ -33,9 +33,14 @@ def augment_batch(
 ) -> tuple[Tensor, Tensor]:
     """Augment a batch: image (B, C, X, Y, Z) float, label (B, X, Y, Z) int -> new (image, label)."""
     if image.ndim != 5 or not image.is_floating_point():
-        raise ValueError(f"augment_batch: image must be a float (B, C, X, Y, Z) tensor, got {image.dtype} {tuple(image.shape)}")
+        raise ValueError(
+            f"augment_batch: image must be a float (B, C, X, Y, Z) tensor, got {image.dtype} {tuple(image.shape)}"
+        )
     if label.shape != image.shape[:1] + image.shape[2:] or label.is_floating_point():
-        raise ValueError(f"augment_batch: label must be an integer (B, X, Y, Z) tensor matching the image, got {label.dtype} {tuple(label.shape)}")
+        raise ValueError(
+            "augment_batch: label must be an integer (B, X, Y, Z) tensor matching the image, "
+            f"got {label.dtype} {tuple(label.shape)}"
+        )
     draw = _Draws(generator, image.device)
     work = image.to(torch.promote_types(image.dtype, torch.float32))
     work, label = _spatial(work, label, cfg, draw)
@@ -64,7 +69,9 @@ def warp(image: Tensor, label: Tensor, matrix: Tensor, displacement: Tensor | No
     half = torch.tensor([max((n - 1) / 2, 0.5) for n in shape], device=image.device)
     grid = (source / half).flip(-1)
     warped = F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
-    warped_label = F.grid_sample(label.unsqueeze(1).float(), grid, mode="nearest", padding_mode="zeros", align_corners=True)
+    warped_label = F.grid_sample(
+        label.unsqueeze(1).float(), grid, mode="nearest", padding_mode="zeros", align_corners=True
+    )
     return warped, warped_label.squeeze(1).to(label.dtype)
 
 
@@ -86,7 +93,7 @@ def gaussian_blur(volumes: Tensor, sigma: Tensor, max_sigma: float, mode: str) -
         n = out.shape[2 + axis]
         if mode == "constant":
             reach = min(radius, n - 1)
-            kernel = weights[:, radius - reach: radius + reach + 1]
+            kernel = weights[:, radius - reach : radius + reach + 1]
             padding = [0, 0, 0]
             padding[axis] = reach
         elif mode == "reflect":
@@ -139,8 +146,9 @@ def _rotation_matrices(angles: Tensor) -> Tensor:
     return rz @ ry @ rx
 
 
-def elastic_displacement(shape: torch.Size, amplitude: Tensor, sigma: Tensor, sigma_range: tuple[float, float],
-                         generator: torch.Generator) -> Tensor:
+def elastic_displacement(
+    shape: torch.Size, amplitude: Tensor, sigma: Tensor, sigma_range: tuple[float, float], generator: torch.Generator
+) -> Tensor:
     """batchgenerators' elastic field (N, 3, *shape): amplitude * gaussian_filter(U(-1, 1), sigma), per sample.
 
     Built on a coarse grid `step` voxels apart (step <= min sigma / 3) with the noise variance divided by

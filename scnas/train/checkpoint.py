@@ -42,7 +42,9 @@ def load_model_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
     if state.get("format") != MODEL_FORMAT:
         raise ScnasError(f"{path}: not an SCNAS model checkpoint (use a fold's checkpoint_final.pt)")
     if state.get("version", 0) > MODEL_VERSION:
-        raise ScnasError(f"{path}: model checkpoint version {state['version']} is newer than this SCNAS supports ({MODEL_VERSION})")
+        raise ScnasError(
+            f"{path}: model checkpoint version {state['version']} is newer than this SCNAS supports ({MODEL_VERSION})"
+        )
     for key in ("model", "state_dict", "plans"):
         if key not in state:
             raise ScnasError(f"{path}: model checkpoint lacks {key!r}")

@@ -95,8 +95,9 @@ def init_distributed(prefer_cuda: bool = True) -> DistContext:
     else:
         device = torch.device("cpu")
     if dist.is_initialized():  # set up by the caller (e.g. under torchrun): join it as it is
-        _CONTEXT = DistContext(dist.get_rank(), dist.get_world_size(), local_rank, device,
-                               dist.get_backend(), owns_group=False)
+        _CONTEXT = DistContext(
+            dist.get_rank(), dist.get_world_size(), local_rank, device, dist.get_backend(), owns_group=False
+        )
         return _CONTEXT
     backend = None
     if world_size > 1:
@@ -104,7 +105,10 @@ def init_distributed(prefer_cuda: bool = True) -> DistContext:
         if backend == "gloo":
             _use_loopback_if_unresolvable(world_size)
         dist.init_process_group(
-            backend=backend, init_method="env://", rank=rank, world_size=world_size,
+            backend=backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world_size,
             device_id=device if use_cuda else None,
         )
     _CONTEXT = DistContext(rank, world_size, local_rank, device, backend)

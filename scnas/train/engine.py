@@ -7,6 +7,7 @@ import csv
 import io
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -68,7 +69,7 @@ def average_gradients(params: Sequence[torch.Tensor], ctx) -> None:
     flat /= ctx.world_size
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
 
 
@@ -108,8 +109,18 @@ def write_csv_log(path: Path, rows: list[dict[str, Any]]) -> None:
     write_text(path, buf.getvalue())
 
 
-def progress_enabled() -> bool:
-    return os.environ.get("SCNAS_PROGRESS", "1") != "0"
+def progress(iterable, total: int, desc: str, main: bool):
+    """A tqdm bar on rank 0 (SCNAS_PROGRESS=0 hides it); refreshed rarely when stderr is a log file."""
+    from tqdm import tqdm
+
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        leave=False,
+        disable=not main or os.environ.get("SCNAS_PROGRESS", "1") == "0",
+        mininterval=1.0 if sys.stderr.isatty() else 60.0,
+    )
 
 
 def cpu_state(obj: Any) -> Any:

@@ -8,8 +8,13 @@ import torch
 from torch import Tensor
 
 
-def jaccard_loss(logits: Tensor, target: Tensor, smooth: float = 1e-5, from_probabilities: bool = False,
-                 reduce_sums: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+def jaccard_loss(
+    logits: Tensor,
+    target: Tensor,
+    smooth: float = 1e-5,
+    from_probabilities: bool = False,
+    reduce_sums: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
     """1 - soft IoU, averaged over the foreground classes 1..K-1, computed in float32.
 
     logits (B, K, ...) are turned into softmax probabilities (or are probabilities already when
@@ -22,7 +27,9 @@ def jaccard_loss(logits: Tensor, target: Tensor, smooth: float = 1e-5, from_prob
     if logits.ndim < 2 or logits.shape[1] < 2:
         raise ValueError(f"jaccard_loss needs logits (B, K, ...) with K >= 2 classes, got shape {tuple(logits.shape)}")
     if target.shape != logits.shape[:1] + logits.shape[2:]:
-        raise ValueError(f"jaccard_loss: target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
+        raise ValueError(
+            f"jaccard_loss: target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}"
+        )
     with torch.autocast(device_type=logits.device.type, enabled=False):
         scores = logits.float()
         probs = scores if from_probabilities else torch.softmax(scores, dim=1)

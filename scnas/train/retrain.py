@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
-
 from scnas.config import StageConfig, TrainConfig, dataclass_to_dict
 from scnas.data.splits import fold_cases, load_splits
 from scnas.errors import ScnasError
@@ -27,8 +25,16 @@ from scnas.models.factory import build_model, describe
 from scnas.train.augment import augment_batch
 from scnas.train.checkpoint import MODEL_FORMAT, MODEL_VERSION, load_checkpoint, save_checkpoint
 from scnas.train.distributed import DistContext, init_distributed
-from scnas.train.engine import (Precision, batch_sum_reducer, configure_device, cpu_state, progress_enabled, to_device,
-                                torch_generator, write_csv_log)
+from scnas.train.engine import (
+    Precision,
+    batch_sum_reducer,
+    configure_device,
+    cpu_state,
+    progress,
+    to_device,
+    torch_generator,
+    write_csv_log,
+)
 from scnas.train.loss import jaccard_loss
 from scnas.train.sampler import PatchSampler, epoch_rng, prefetch
 
@@ -52,15 +58,22 @@ class RetrainRequest:
 def num_classes(plans: dict) -> int:
     values = sorted(int(k) for k in plans["labels"])
     if values != list(range(len(values))):
-        raise ScnasError(f"plans: label values {values} are not 0..{len(values) - 1}; renumber the labels in dataset.json")
+        raise ScnasError(
+            f"plans: label values {values} are not 0..{len(values) - 1}; renumber the labels in dataset.json"
+        )
     return len(values)
 
 
 def model_spec(model: str, plans: dict, train: TrainConfig, genotype: Path | None) -> dict[str, Any]:
     """The architecture of `model` for this task, with the stem width resolved (match_flops)."""
     in_ch, n_cls = int(plans["num_channels"]), num_classes(plans)
-    uresnet = {"arch": "uresnet", "in_channels": in_ch, "num_classes": n_cls,
-               "base_channels": train.uresnet_channels, "combine_levels": train.deep_supervision}
+    uresnet = {
+        "arch": "uresnet",
+        "in_channels": in_ch,
+        "num_classes": n_cls,
+        "base_channels": train.uresnet_channels,
+        "combine_levels": train.deep_supervision,
+    }
     if model == "uresnet":
         return uresnet
     if model not in ("scnas", "scnas_transfer"):
@@ -69,15 +82,25 @@ def model_spec(model: str, plans: dict, train: TrainConfig, genotype: Path | Non
         raise ScnasError(f"model {model}: needs a genotype file (--genotype)")
     from scnas.nas.genotype import genotype_to_dict, load_genotype
 
-    spec = {"arch": "genotype", "in_channels": in_ch, "num_classes": n_cls,
-            "genotype": genotype_to_dict(load_genotype(genotype))}
+    spec = {
+        "arch": "genotype",
+        "in_channels": in_ch,
+        "num_classes": n_cls,
+        "genotype": genotype_to_dict(load_genotype(genotype)),
+    }
     stem = train.scnas_stem_channels
     if stem == "match_flops":
         from scnas.models.flops import count_gflops, match_width
 
         target = count_gflops(build_model(uresnet), (1, in_ch, *plans["patch_size"]))
-        stem, _ = match_width(lambda c: build_model({**spec, "stem_channels": c}), target,
-                              (1, in_ch, *plans["patch_size"]), lo=4, hi=256, step=4)
+        stem, _ = match_width(
+            lambda c: build_model({**spec, "stem_channels": c}),
+            target,
+            (1, in_ch, *plans["patch_size"]),
+            lo=4,
+            hi=256,
+            step=4,
+        )
     return {**spec, "stem_channels": int(stem)}
 
 
@@ -87,8 +110,13 @@ def flops_report(spec: dict, plans: dict, train: TrainConfig) -> dict[str, Any]:
 
     shape = (1, int(plans["num_channels"]), *plans["patch_size"])
     own = count_gflops(build_model(spec), shape)
-    base_spec = {"arch": "uresnet", "in_channels": spec["in_channels"], "num_classes": spec["num_classes"],
-                 "base_channels": train.uresnet_channels, "combine_levels": train.deep_supervision}
+    base_spec = {
+        "arch": "uresnet",
+        "in_channels": spec["in_channels"],
+        "num_classes": spec["num_classes"],
+        "base_channels": train.uresnet_channels,
+        "combine_levels": train.deep_supervision,
+    }
     base = own if spec["arch"] == "uresnet" else count_gflops(build_model(base_spec), shape)
     return {"gflops": own, "uresnet_gflops": base, "patch_size": list(plans["patch_size"])}
 
@@ -112,8 +140,9 @@ def retrain(req: RetrainRequest, ctx: DistContext | None = None) -> dict[str, An
     torch.manual_seed(seed)
     model = build_model(spec).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
-                                                           patience=cfg.patience)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.patience
+    )
     precision = Precision(device, cfg.amp)
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -134,15 +163,25 @@ def retrain(req: RetrainRequest, ctx: DistContext | None = None) -> dict[str, An
         out.mkdir(parents=True, exist_ok=True)
         report = flops_report(spec, plans, cfg)
         write_json(out / "model.json", {"model": req.model, "spec": spec, **report})
-        log.info("%s: %.2f GFLOPs per forward pass at patch %s (U-ResNet baseline: %.2f GFLOPs)",
-                 describe(spec), report["gflops"], plans["patch_size"], report["uresnet_gflops"])
+        log.info(
+            "%s: %.2f GFLOPs per forward pass at patch %s (U-ResNet baseline: %.2f GFLOPs)",
+            describe(spec),
+            report["gflops"],
+            plans["patch_size"],
+            report["uresnet_gflops"],
+        )
     net = model
     if ctx.world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     sampler = PatchSampler.from_dir(req.preprocessed, train_ids, plans["patch_size"], cfg.foreground_fraction)
-    val_sampler = (PatchSampler.from_dir(req.preprocessed, val_ids, plans["patch_size"], cfg.foreground_fraction)
-                   if cfg.val_dice_every and val_ids else None)
+    val_sampler = (
+        PatchSampler.from_dir(req.preprocessed, val_ids, plans["patch_size"], cfg.foreground_fraction)
+        if cfg.val_dice_every and val_ids
+        else None
+    )
     pool = batch_sum_reducer(ctx)
     for epoch in range(start_epoch, cfg.max_epochs):
         lr = optimizer.param_groups[0]["lr"]
@@ -152,10 +191,11 @@ def retrain(req: RetrainRequest, ctx: DistContext | None = None) -> dict[str, An
         t0 = time.time()
         net.train()
         generator = torch_generator(device, seed, epoch, ctx.rank)
-        batches = prefetch(sampler.batches(seed, epoch, cfg.iterations_per_epoch, cfg.batch_size, ctx.rank, ctx.world_size))
+        batches = prefetch(
+            sampler.batches(seed, epoch, cfg.iterations_per_epoch, cfg.batch_size, ctx.rank, ctx.world_size)
+        )
         total = torch.zeros((), device=device, dtype=torch.float64)
-        bar = tqdm(batches, total=cfg.iterations_per_epoch, desc=f"epoch {epoch + 1}/{cfg.max_epochs}", leave=False,
-                   disable=not (ctx.is_main and progress_enabled()), mininterval=1.0)
+        bar = progress(batches, cfg.iterations_per_epoch, f"epoch {epoch + 1}/{cfg.max_epochs}", ctx.is_main)
         for batch in bar:
             x, y = to_device(batch, device)
             x, y = augment_batch(x, y, cfg.augmentation, generator)
@@ -167,40 +207,76 @@ def retrain(req: RetrainRequest, ctx: DistContext | None = None) -> dict[str, An
             total += loss.detach()
         epoch_loss = float(ctx.all_reduce_mean(total / cfg.iterations_per_epoch))
         if not math.isfinite(epoch_loss):
-            raise ScnasError(f"{out}: training loss became {epoch_loss} at epoch {epoch + 1}; lower train.lr or disable amp")
+            raise ScnasError(
+                f"{out}: training loss became {epoch_loss} at epoch {epoch + 1}; lower train.lr or disable amp"
+            )
         scheduler.step(epoch_loss)
         row = {"epoch": epoch + 1, "train_loss": round(epoch_loss, 6), "lr": lr, "seconds": round(time.time() - t0, 2)}
         if val_sampler is not None and (epoch + 1) % cfg.val_dice_every == 0:
-            row["val_patch_dice"] = round(patch_dice(model, val_sampler, seed, device, precision, len(plans["labels"])), 4)
+            row["val_patch_dice"] = round(
+                patch_dice(model, val_sampler, seed, device, precision, len(plans["labels"])), 4
+            )
         history.append(row)
         if ctx.is_main:
-            save_checkpoint(latest, {
-                "model": spec, "state_dict": cpu_state(model.state_dict()), "optimizer": cpu_state(optimizer.state_dict()),
-                "scheduler": scheduler.state_dict(), "scaler": precision.scaler.state_dict(), "epoch": epoch,
-                "history": history, "torch_rng": torch.get_rng_state(),
-            })
+            save_checkpoint(
+                latest,
+                {
+                    "model": spec,
+                    "state_dict": cpu_state(model.state_dict()),
+                    "optimizer": cpu_state(optimizer.state_dict()),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": precision.scaler.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "torch_rng": torch.get_rng_state(),
+                },
+            )
             write_csv_log(out / "training_log.csv", history)
-            log.info("epoch %d/%d  loss %.4f  lr %.3g  %.1fs%s", epoch + 1, cfg.max_epochs, epoch_loss, lr, row["seconds"],
-                     f"  val patch Dice {row['val_patch_dice']:.3f}" if "val_patch_dice" in row else "")
+            log.info(
+                "epoch %d/%d  loss %.4f  lr %.3g  %.1fs%s",
+                epoch + 1,
+                cfg.max_epochs,
+                epoch_loss,
+                lr,
+                row["seconds"],
+                f"  val patch Dice {row['val_patch_dice']:.3f}" if "val_patch_dice" in row else "",
+            )
         ctx.barrier()
 
     if ctx.is_main:
-        save_checkpoint(final_path, {
-            "format": MODEL_FORMAT, "version": MODEL_VERSION, "model": spec,
-            "state_dict": cpu_state(model.state_dict()), "plans": plans,
-            "inference": dataclass_to_dict(req.stage.inference),
-            "trained": {"model": req.model, "fold": req.fold, "epochs": len(history),
-                        "final_train_loss": history[-1]["train_loss"] if history else None,
-                        "train_cases": train_ids},
-        })
+        save_checkpoint(
+            final_path,
+            {
+                "format": MODEL_FORMAT,
+                "version": MODEL_VERSION,
+                "model": spec,
+                "state_dict": cpu_state(model.state_dict()),
+                "plans": plans,
+                "inference": dataclass_to_dict(req.stage.inference),
+                "trained": {
+                    "model": req.model,
+                    "fold": req.fold,
+                    "epochs": len(history),
+                    "final_train_loss": history[-1]["train_loss"] if history else None,
+                    "train_cases": train_ids,
+                },
+            },
+        )
         log.info("wrote %s", final_path)
     ctx.barrier()
     return {"checkpoint": str(final_path), "epochs": len(history)}
 
 
 @torch.no_grad()
-def patch_dice(model: torch.nn.Module, sampler: PatchSampler, seed: int, device: torch.device,
-               precision: Precision, n_classes: int, patches: int = 16) -> float:
+def patch_dice(
+    model: torch.nn.Module,
+    sampler: PatchSampler,
+    seed: int,
+    device: torch.device,
+    precision: Precision,
+    n_classes: int,
+    patches: int = 16,
+) -> float:
     """Mean foreground Dice on a fixed set of validation patches: for the curves only, never for selection."""
     model.eval()
     rng = epoch_rng(seed, 0, stream=99)

@@ -40,8 +40,9 @@ class PatchSampler:
         self.foreground_fraction = float(foreground_fraction)
 
     @classmethod
-    def from_dir(cls, preprocessed: Path, case_ids: Sequence[str], patch_size: Sequence[int],
-                 foreground_fraction: float) -> "PatchSampler":
+    def from_dir(
+        cls, preprocessed: Path, case_ids: Sequence[str], patch_size: Sequence[int], foreground_fraction: float
+    ) -> "PatchSampler":
         return cls([load_preprocessed(Path(preprocessed), c) for c in case_ids], patch_size, foreground_fraction)
 
     def draw(self, rng: np.random.Generator) -> PatchDraw:
@@ -73,8 +74,16 @@ class PatchSampler:
             label[dst] = case.label[src]
         return image, label
 
-    def batches(self, seed: int, epoch: int, iterations: int, global_batch: int, rank: int = 0,
-                world_size: int = 1, stream: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def batches(
+        self,
+        seed: int,
+        epoch: int,
+        iterations: int,
+        global_batch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        stream: int = 0,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The epoch's batches for this rank: the global batch's draws, rank's contiguous slice read."""
         if global_batch % world_size:
             raise ValueError(f"batch size {global_batch} is not divisible by {world_size} processes")
@@ -82,7 +91,7 @@ class PatchSampler:
         rng = epoch_rng(seed, epoch, stream)
         for _ in range(iterations):
             draws = [self.draw(rng) for _ in range(global_batch)]
-            mine = [self.read(d) for d in draws[rank * per_rank:(rank + 1) * per_rank]]
+            mine = [self.read(d) for d in draws[rank * per_rank : (rank + 1) * per_rank]]
             yield np.stack([m[0] for m in mine]), np.stack([m[1] for m in mine])
 
 

@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
-
 from scnas.config import SearchConfig, StageConfig
 from scnas.data.splits import fold_cases, load_splits, split_for_search
 from scnas.errors import ScnasError
@@ -30,8 +28,17 @@ from scnas.nas.genotype import save_genotype
 from scnas.train.augment import augment_batch
 from scnas.train.checkpoint import load_checkpoint, save_checkpoint
 from scnas.train.distributed import DistContext, init_distributed
-from scnas.train.engine import (Precision, batch_sum_reducer, average_gradients, configure_device, cpu_state, progress_enabled,
-                                to_device, torch_generator, write_csv_log)
+from scnas.train.engine import (
+    Precision,
+    batch_sum_reducer,
+    average_gradients,
+    configure_device,
+    cpu_state,
+    progress,
+    to_device,
+    torch_generator,
+    write_csv_log,
+)
 from scnas.train.loss import jaccard_loss
 from scnas.train.retrain import num_classes
 from scnas.train.sampler import PatchSampler, prefetch
@@ -61,8 +68,10 @@ def temperature(cfg: SearchConfig, epoch: int) -> float:
 
 def alpha_snapshot(net: SearchNetwork) -> dict[str, list[list[float]]]:
     """softmax(alpha) per cell type, for the alpha history plots."""
-    return {name: torch.softmax(a.detach().float().cpu(), dim=-1).tolist()
-            for name, a in zip(net.cell_types, net.arch_parameters())}
+    return {
+        name: torch.softmax(a.detach().float().cpu(), dim=-1).tolist()
+        for name, a in zip(net.cell_types, net.arch_parameters())
+    }
 
 
 def search(req: SearchRequest, ctx: DistContext | None = None) -> dict[str, Any]:
@@ -81,12 +90,15 @@ def search(req: SearchRequest, ctx: DistContext | None = None) -> dict[str, Any]
     configure_device(device)
 
     torch.manual_seed(seed)
-    net = SearchNetwork(int(plans["num_channels"]), num_classes(plans), cfg.stem_channels, sampling=cfg.sampling,
-                        seed=seed).to(device)
+    net = SearchNetwork(
+        int(plans["num_channels"]), num_classes(plans), cfg.stem_channels, sampling=cfg.sampling, seed=seed
+    ).to(device)
     w_params, a_params = net.weight_parameters(), net.arch_parameters()
     w_opt = torch.optim.Adam(w_params, lr=cfg.weight_lr, betas=tuple(cfg.weight_betas))
     a_opt = torch.optim.Adam(a_params, lr=cfg.alpha_lr, betas=tuple(cfg.alpha_betas))
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(w_opt, mode="min", factor=cfg.lr_factor, patience=cfg.patience)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        w_opt, mode="min", factor=cfg.lr_factor, patience=cfg.patience
+    )
     precision = Precision(device, cfg.amp)
     history: list[dict[str, Any]] = []
     alphas: list[dict[str, Any]] = []
@@ -105,8 +117,14 @@ def search(req: SearchRequest, ctx: DistContext | None = None) -> dict[str, Any]
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "search_split.json", {"weight_cases": weight_ids, "arch_cases": arch_ids})
-        log.info("search on %d weight-set and %d architecture-set cases, sampling=%s, stem %d, %d epochs",
-                 len(weight_ids), len(arch_ids), cfg.sampling, cfg.stem_channels, cfg.epochs)
+        log.info(
+            "search on %d weight-set and %d architecture-set cases, sampling=%s, stem %d, %d epochs",
+            len(weight_ids),
+            len(arch_ids),
+            cfg.sampling,
+            cfg.stem_channels,
+            cfg.epochs,
+        )
 
     patch = plans["patch_size"]
     w_sampler = PatchSampler.from_dir(req.preprocessed, weight_ids, patch, cfg.foreground_fraction)
@@ -120,8 +138,7 @@ def search(req: SearchRequest, ctx: DistContext | None = None) -> dict[str, Any]
         pairs = zip(prefetch(w_sampler.batches(*args, stream=0)), prefetch(a_sampler.batches(*args, stream=1)))
         w_total = torch.zeros((), device=device, dtype=torch.float64)
         a_total = torch.zeros((), device=device, dtype=torch.float64)
-        bar = tqdm(pairs, total=cfg.iterations_per_epoch, desc=f"search epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not (ctx.is_main and progress_enabled()), mininterval=1.0)
+        bar = progress(pairs, cfg.iterations_per_epoch, f"search epoch {epoch + 1}/{cfg.epochs}", ctx.is_main)
         net.train()
         for w_batch, a_batch in bar:
             w_total += _step(net, w_batch, w_params, w_opt, precision, generator, cfg, device, ctx)
@@ -129,37 +146,80 @@ def search(req: SearchRequest, ctx: DistContext | None = None) -> dict[str, Any]
         w_loss = float(ctx.all_reduce_mean(w_total / cfg.iterations_per_epoch))
         a_loss = float(ctx.all_reduce_mean(a_total / cfg.iterations_per_epoch))
         if not (math.isfinite(w_loss) and math.isfinite(a_loss)):
-            raise ScnasError(f"{out}: search loss became non-finite at epoch {epoch + 1}; lower search.weight_lr or disable amp")
+            raise ScnasError(
+                f"{out}: search loss became non-finite at epoch {epoch + 1}; lower search.weight_lr or disable amp"
+            )
         lr = w_opt.param_groups[0]["lr"]
         scheduler.step(w_loss)
-        history.append({"epoch": epoch + 1, "tau": round(net.tau, 6), "weight_loss": round(w_loss, 6),
-                        "arch_loss": round(a_loss, 6), "weight_lr": lr, "seconds": round(time.time() - t0, 2),
-                        "genotype": json.dumps(net.genotype().to_dict()["cells"], separators=(",", ":"))})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "tau": round(net.tau, 6),
+                "weight_loss": round(w_loss, 6),
+                "arch_loss": round(a_loss, 6),
+                "weight_lr": lr,
+                "seconds": round(time.time() - t0, 2),
+                "genotype": json.dumps(net.genotype().to_dict()["cells"], separators=(",", ":")),
+            }
+        )
         alphas.append({"epoch": epoch + 1, "tau": net.tau, "softmax_alpha": alpha_snapshot(net)})
         if ctx.is_main:
-            save_checkpoint(latest, {
-                "state_dict": cpu_state(net.state_dict()), "weight_optimizer": cpu_state(w_opt.state_dict()),
-                "alpha_optimizer": cpu_state(a_opt.state_dict()), "scheduler": scheduler.state_dict(),
-                "scaler": precision.scaler.state_dict(), "epoch": epoch, "history": history, "alpha_history": alphas,
-            })
+            save_checkpoint(
+                latest,
+                {
+                    "state_dict": cpu_state(net.state_dict()),
+                    "weight_optimizer": cpu_state(w_opt.state_dict()),
+                    "alpha_optimizer": cpu_state(a_opt.state_dict()),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": precision.scaler.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "alpha_history": alphas,
+                },
+            )
             write_csv_log(out / "search_log.csv", history)
             write_json(out / "alpha_history.json", alphas)
-            log.info("search epoch %d/%d  tau %.3f  weight loss %.4f  arch loss %.4f  lr %.3g  %.1fs",
-                     epoch + 1, cfg.epochs, net.tau, w_loss, a_loss, lr, history[-1]["seconds"])
+            log.info(
+                "search epoch %d/%d  tau %.3f  weight loss %.4f  arch loss %.4f  lr %.3g  %.1fs",
+                epoch + 1,
+                cfg.epochs,
+                net.tau,
+                w_loss,
+                a_loss,
+                lr,
+                history[-1]["seconds"],
+            )
         ctx.barrier()
 
     genotype = net.genotype()
     if ctx.is_main:
-        save_genotype(out / GENOTYPE, genotype, source={"task": req.task, "fold": req.fold, "epochs": cfg.epochs,
-                                                        "sampling": cfg.sampling, "stem_channels": cfg.stem_channels})
+        save_genotype(
+            out / GENOTYPE,
+            genotype,
+            source={
+                "task": req.task,
+                "fold": req.fold,
+                "epochs": cfg.epochs,
+                "sampling": cfg.sampling,
+                "stem_channels": cfg.stem_channels,
+            },
+        )
         log.info("wrote %s", out / GENOTYPE)
     ctx.barrier()
     return {"genotype": str(out / GENOTYPE), "epochs": len(history)}
 
 
-def _step(net: SearchNetwork, batch, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-          precision: Precision, generator: torch.Generator, cfg: SearchConfig, device: torch.device,
-          ctx: DistContext) -> torch.Tensor:
+def _step(
+    net: SearchNetwork,
+    batch,
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+    generator: torch.Generator,
+    cfg: SearchConfig,
+    device: torch.device,
+    ctx: DistContext,
+) -> torch.Tensor:
     """One Adam step on `params` (the weights or the alphas) with a freshly sampled architecture."""
     x, y = to_device(batch, device)
     x, y = augment_batch(x, y, cfg.augmentation, generator)

@@ -7,7 +7,9 @@ from scnas.config import from_dict
 CFG = from_dict(config)
 RES = CFG.results
 TASKS = list(CFG.study_tasks)
-SYNTHETIC = [t for t in TASKS if CFG.task(t).synthetic is not None]
+# The transfer source may lie outside the study: only its search of the source fold runs then.
+KNOWN_TASKS = TASKS + [t for t in [CFG.transfer.source_task] if t and t not in TASKS]
+SYNTHETIC = [t for t in KNOWN_TASKS if CFG.task(t).synthetic is not None]
 ENV = "../../envs/scnas.yaml"
 # A heavy rule's process either waits for a SLURM job or does the work itself; on a small machine two
 # single-threaded trainings get more done than one with two threads (the networks are many small ops).
@@ -19,7 +21,7 @@ def _alternatives(names):
 
 
 wildcard_constraints:
-    task=_alternatives(TASKS),
+    task=_alternatives(KNOWN_TASKS),
     model="uresnet|scnas|scnas_transfer",
     fold=r"\d+",
 
