@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS := envs/constraints-cpu.txt
 JOBS ?= 2
 
-.PHONY: test demo venv lint clean-demo bench
+.PHONY: test demo demo-slurm venv lint clean-demo
 
 venv: $(STAMP)
 
@@ -23,14 +23,16 @@ demo: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/local --cores $(JOBS)
 	@echo; cat results/cv_table.md
 
+# The demo study through SLURM jobs (profiles/slurm) on CPU nodes, into results-slurm/.
+demo-slurm: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/slurm --configfiles config/demo.yaml config/demo-slurm.yaml
+	@echo; cat results-slurm/cv_table.md
+
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	$(BIN)/ruff check scnas tests benchmarks
 	$(BIN)/ruff format --check scnas tests benchmarks
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint
-
-bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run
 
 clean-demo:
 	rm -rf results/Demo*

@@ -46,12 +46,24 @@ def run_job(job: Job, launcher: LauncherConfig) -> Any:
     """Run `job` with `launcher.executor` (inprocess, local or slurm) and return rank 0's result."""
     job.validate()
     if launcher.executor == "inprocess":
+        _warn_if_gpus_unavailable(job)
         return resolve_target(job.target, job.name)(**job.kwargs)
     if launcher.executor == "local":
         return _run_local(job, launcher)
     if launcher.executor == "slurm":
         return _run_slurm(job, launcher)
     raise ConfigError(f"config key launcher.executor: unknown executor {launcher.executor!r}")
+
+
+def _warn_if_gpus_unavailable(job: Job) -> None:
+    """An in-process job asking for GPUs on a machine without CUDA is probably a missing --profile."""
+    import torch
+
+    if (job.resources.gpus_per_node or 0) > 0 and not torch.cuda.is_available():
+        _say(
+            f"warning: {job.name} asks for {job.resources.gpus_per_node} GPU(s) per node but runs in this process "
+            "on the CPU (launcher.executor: inprocess); use --profile profiles/slurm to submit it to the cluster"
+        )
 
 
 def _say(message: str) -> None:
