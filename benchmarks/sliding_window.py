@@ -4,7 +4,8 @@ Reports the total time of `sliding_window`, the time spent inside the network's 
 predictor is wrapped with a timer) and the share left to the sliding-window machinery (window extraction,
 flips, weighting and accumulation), without and with test-time mirroring over all three axes.
 The default network is a stand-in (three 3x3x3 convolutions with 32 channels and a 1x1x1 head): the full
-3D U-ResNet takes several seconds per 64^3 window on a small CPU (`--model uresnet` uses it).
+3D U-ResNet takes several seconds per 64^3 window on a small CPU (`--model uresnet` uses it;
+results go to sliding_window_uresnet.*).
 Run: `python -m benchmarks.sliding_window`.
 """
 
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-mirror", action="store_true", help="skip the run with test-time mirroring")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -117,7 +119,10 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.no_grad():
         network(torch.zeros((args.batch_size, args.in_channels, *patch), device=device))
 
-    runs = [run(network, image, patch, args.overlap, args.batch_size, axes, args.repeats) for axes in ((), (0, 1, 2))]
+    runs = [
+        run(network, image, patch, args.overlap, args.batch_size, axes, args.repeats)
+        for axes in ((), (0, 1, 2))[: 1 if args.no_mirror else 2]
+    ]
     result = {
         "machine": {**machine(), "device": str(device)},
         "volume": list(args.shape),
@@ -154,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
             ["mirror axes", "predictor calls", "total (s)", "in model (s)", "overhead (s)", "overhead share"], rows
         )
     )
-    json_path, md_path = write_result("sliding_window", result, markdown)
+    name = "sliding_window" if args.model == "standin" else f"sliding_window_{args.model}"
+    json_path, md_path = write_result(name, result, markdown)
     print(markdown)
     print(f"wrote {json_path} and {md_path}")
     return result
