@@ -10,6 +10,22 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# Every augmentation off: for comparisons that must see exactly the same batches.
+NO_AUG = {
+    f"p_{k}": 0.0
+    for k in (
+        "rotation",
+        "scaling",
+        "elastic",
+        "noise",
+        "blur",
+        "brightness",
+        "contrast",
+        "gamma",
+        "gamma_invert",
+        "mirror",
+    )
+}
 
 
 def cli_env(**extra: str) -> dict[str, str]:

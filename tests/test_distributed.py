@@ -9,24 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import NO_AUG
 from scnas.config import Resources, dataclass_to_dict, stage_from_dict
 from scnas.launch import Job, run_job
-
-NO_AUG = {
-    k: 0.0
-    for k in (
-        "p_rotation",
-        "p_scaling",
-        "p_elastic",
-        "p_noise",
-        "p_blur",
-        "p_brightness",
-        "p_contrast",
-        "p_gamma",
-        "p_gamma_invert",
-        "p_mirror",
-    )
-}
 
 
 def _launcher(executor: str, processes: int):

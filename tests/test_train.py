@@ -14,28 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli_env
+from conftest import NO_AUG, cli_env
 from scnas.config import stage_from_dict
 from scnas.data.preprocess import load_preprocessed
 from scnas.train.checkpoint import load_checkpoint
 from scnas.train.retrain import RetrainRequest, retrain
 from scnas.train.sampler import PatchSampler
 from scnas.train.search import SearchRequest, search, temperature
-
-NO_AUG = {
-    k: 0.0
-    for k in (
-        "p_rotation",
-        "p_scaling",
-        "p_elastic",
-        "p_noise",
-        "p_blur",
-        "p_brightness",
-        "p_contrast",
-        "p_gamma",
-        "p_gamma_invert",
-    )
-}
 
 
 def _stage(**train):
