@@ -7,7 +7,7 @@ import torch
 from scipy import ndimage
 
 from scnas.config import stage_from_dict
-from scnas.train.augment import augment_batch, elastic_displacement, gaussian_blur, warp
+from scnas.data.augment import augment_batch, elastic_displacement, gaussian_blur, warp
 
 DEFAULTS = stage_from_dict({}).train.augmentation
 OFF = dataclasses.replace(

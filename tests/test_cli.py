@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import cli_env
+
 from scnas.cli import build_parser
 
 STAGES = ["synth", "check", "splits", "preprocess", "search", "train", "retrain", "predict", "evaluate", "table"]

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import NO_AUG
+
 from scnas.config import Resources, dataclass_to_dict, stage_from_dict
 from scnas.launch import Job, run_job
 

@@ -12,8 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from conftest import cli_env
+
 from scnas.config import stage_from_dict
 from scnas.data.synthetic import make_synthetic_task
 from scnas.train.retrain import RetrainRequest, retrain

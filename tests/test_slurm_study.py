@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import BIN, REPO, cli_env
+from test_slurm_cluster import NO_SLURM, cancel_leftovers, job_ids
+
 from scnas.config import dataclass_to_dict, stage_from_dict
 from scnas.launch import Job, run_job
-from test_slurm_cluster import NO_SLURM, cancel_leftovers, job_ids
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(NO_SLURM is not None, reason=NO_SLURM or "")]
 

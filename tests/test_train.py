@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import NO_AUG, cli_env
+
 from scnas.config import stage_from_dict
 from scnas.data.preprocess import load_preprocessed
+from scnas.data.sampler import PatchSampler
 from scnas.train.checkpoint import load_checkpoint
 from scnas.train.retrain import RetrainRequest, retrain
-from scnas.train.sampler import PatchSampler
 from scnas.train.search import SearchRequest, search, temperature
 
 

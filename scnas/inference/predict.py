@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+
 from scnas.config import InferenceConfig
 from scnas.data.check import check_image
 from scnas.data.dataset import NIFTI_SUFFIXES, case_id_from_path

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from scnas.config import StageConfig, TrainConfig, dataclass_to_dict
+from scnas.data.augment import augment_batch
+from scnas.data.sampler import PatchSampler, epoch_rng, prefetch
 from scnas.data.splits import fold_cases, load_splits
 from scnas.errors import ScnasError
 from scnas.io import read_json, write_json
 from scnas.models.factory import build_model, describe
-from scnas.train.augment import augment_batch
 from scnas.train.checkpoint import MODEL_FORMAT, MODEL_VERSION, load_checkpoint, save_checkpoint
 from scnas.train.distributed import DistContext, init_distributed
 from scnas.train.engine import (
@@ -36,7 +38,6 @@ from scnas.train.engine import (
     write_csv_log,
 )
 from scnas.train.loss import jaccard_loss
-from scnas.train.sampler import PatchSampler, epoch_rng, prefetch
 
 log = logging.getLogger("scnas.train")
 

@@ -19,19 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from scnas.config import SearchConfig, StageConfig
+from scnas.data.augment import augment_batch
+from scnas.data.sampler import PatchSampler, prefetch
 from scnas.data.splits import fold_cases, load_splits, split_for_search
 from scnas.errors import ScnasError
 from scnas.io import read_json, write_json
 from scnas.nas import SearchNetwork
 from scnas.nas.genotype import save_genotype
-from scnas.train.augment import augment_batch
 from scnas.train.checkpoint import load_checkpoint, save_checkpoint
 from scnas.train.distributed import DistContext, init_distributed
 from scnas.train.engine import (
     Precision,
-    batch_sum_reducer,
     average_gradients,
+    batch_sum_reducer,
     configure_device,
     cpu_state,
     progress,
@@ -41,7 +43,6 @@ from scnas.train.engine import (
 )
 from scnas.train.loss import jaccard_loss
 from scnas.train.retrain import num_classes
-from scnas.train.sampler import PatchSampler, prefetch
 
 log = logging.getLogger("scnas.search")
 
