@@ -109,3 +109,34 @@ def test_two_process_search_samples_one_architecture_and_matches_one_process(tin
         np.testing.assert_allclose(
             _column(one / "search_log.csv", column), _column(two / "search_log.csv", column), rtol=2e-3
         )
+
+
+@pytest.mark.timeout(300)
+def test_two_process_prediction_shares_the_cases_and_matches_one_process(tiny_task, tmp_path):
+    import nibabel as nib
+
+    stage = dataclass_to_dict(
+        stage_from_dict(
+            {
+                "train": {"uresnet_channels": 4, "max_epochs": 1, "iterations_per_epoch": 2, "amp": False},
+                "inference": {"mirror": True},
+            }
+        )
+    )
+    model_dir = tmp_path / "model" / "fold_0"
+    train_kwargs = {"preprocessed": str(tiny_task["pre"]), "splits": str(tiny_task["splits"]), "fold": 0}
+    train_kwargs.update(out_dir=str(model_dir), model="uresnet", stage=stage)
+    _run("inprocess", 1, "scnas.launch.targets:train_target", train_kwargs, tmp_path / "lt")
+    images = sorted(str(p) for p in (tiny_task["raw"] / "imagesTr").glob("*.nii.gz"))
+    common = {"checkpoint": str(model_dir / "checkpoint_final.pt"), "images": images, "stage": stage}
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run("inprocess", 1, "scnas.launch.targets:predict_target", {**common, "out_dir": str(one)}, tmp_path / "l1")
+    _run("local", 2, "scnas.launch.targets:predict_target", {**common, "out_dir": str(two)}, tmp_path / "l2")
+    written = sorted(p.name for p in two.glob("*.nii.gz"))
+    assert len(written) == len(images) == 6
+    assert written == sorted(p.name for p in one.glob("*.nii.gz"))
+    for name in written:
+        a, b = nib.load(one / name), nib.load(two / name)
+        np.testing.assert_array_equal(np.asarray(b.dataobj), np.asarray(a.dataobj))
+        np.testing.assert_array_equal(b.affine, a.affine)
+    assert json.loads((two / "predictions.json").read_text()) == json.loads((one / "predictions.json").read_text())
