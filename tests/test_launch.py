@@ -183,6 +183,25 @@ def test_slurm_request_that_cannot_fit_is_refused_before_submitting(tmp_path, mo
     assert not sbatch_called.exists() and not (tmp_path / "logs").exists()
 
 
+def test_slurm_log_folder_exists_when_sbatch_is_called_and_a_refusal_is_one_line(tmp_path, monkeypatch):
+    """SLURM does not create the --output folder: a job that starts at once must find it there."""
+    fake_slurm(tmp_path, monkeypatch, SINFO)
+    (tmp_path / "bin" / "sbatch").write_text(
+        "#!/bin/sh\n"
+        "out=$(sed -n 's/^#SBATCH --output=//p' \"$1\")\n"
+        f'if [ -d "$(dirname "$out")" ]; then echo ok; else echo "missing: $out"; fi > {tmp_path}/seen\n'
+        "echo 'sbatch: error: Invalid account or account/partition combination specified' >&2\n"
+        "exit 1\n"
+    )
+    lc = launcher("slurm")
+    with pytest.raises(ScnasError) as info:
+        run_job(make_job(tmp_path, lc), lc)
+    assert (tmp_path / "seen").read_text().strip() == "ok"
+    assert str(info.value) == (
+        "sbatch refused job test-job: sbatch: error: Invalid account or account/partition combination specified"
+    )
+
+
 def test_slurm_request_that_fits_picks_its_partition(tmp_path, monkeypatch):
     fake_slurm(tmp_path, monkeypatch, SINFO)
     big = check_request(

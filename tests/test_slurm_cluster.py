@@ -175,7 +175,7 @@ def test_failed_job_names_its_id_state_and_log_tail(tmp_path, job_name):
     assert match, headline
     job_id, rank = match.groups()
     assert sh("squeue", "-h", "-t", "all", "-j", job_id, "-o", "%j|%T").strip() == f"{job_name}|FAILED"
-    assert tail[0] == f"last 20 lines of {tmp_path}/logs/{job_id}/{job_id}_{rank}_log.err:"
+    assert tail[0] == f"last 20 lines of {tmp_path}/logs/{job_id}_{rank}_log.err:"
     assert any('raise JSONDecodeError("Expecting value"' in line for line in tail[1:])
 
 

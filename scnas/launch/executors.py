@@ -113,9 +113,9 @@ def _run_slurm(job: Job, launcher: LauncherConfig) -> Any:
     res = job.resources
     slurm.require_sbatch()
     part = slurm.check_request(res, lambda field: config_key(launcher, res, field))
-    executor = submitit.AutoExecutor(
-        folder=job.log_dir / "%j", cluster="slurm", slurm_max_num_timeout=launcher.max_requeues
-    )
+    # No %j in the folder: submitit would create it only after sbatch returns, and a job that starts
+    # at once then fails to launch because slurmd cannot open its log (JobLaunchFailure).
+    executor = submitit.AutoExecutor(folder=job.log_dir, cluster="slurm", slurm_max_num_timeout=launcher.max_requeues)
     executor.update_parameters(
         name=job.name,
         nodes=res.nodes or 1,
@@ -142,19 +142,24 @@ def _run_slurm(job: Job, launcher: LauncherConfig) -> Any:
             _say(f"{signame} received: {done} SLURM job {sub.job_id} ({job.name})")
 
     with _cancel_on_signal(cancel):
-        sub = executor.submit(TargetCall(job))
+        try:
+            sub = executor.submit(TargetCall(job))
+        except submitit.core.utils.FailedJobError as exc:
+            said = str(exc).strip().splitlines()
+            raise ScnasError(f"sbatch refused job {job.name}: {said[-1] if said else 'no message'}") from exc
         submitted.append(sub)
         _say(
             f"submitted SLURM job {sub.job_id} ({job.name}): {res.nodes or 1} node(s) x "
             f"{res.processes_per_node} task(s), {res.gpus_per_node or 0} GPU(s) per node, "
             f"partition {part.name}; logs in {sub.paths.folder}"
         )
-        state = _wait_slurm(sub, launcher.poll_s)
+        state, reason = _wait_slurm(sub, launcher.poll_s)
     exit_code = ""
     if state != "COMPLETED":
         state, exit_code = _final_accounting(sub.job_id, state)
     code = f" (exit code {exit_code})" if exit_code and exit_code != "0:0" else ""
-    return _result(sub, f"SLURM job {sub.job_id} ({job.name}) ended {state}{code}", state, _hints(launcher, res))
+    why = f", reason {reason}" if reason not in ("", "NonZeroExitCode") and state != "COMPLETED" else ""
+    return _result(sub, f"SLURM job {sub.job_id} ({job.name}) ended {state}{code}{why}", state, _hints(launcher, res))
 
 
 def _final_accounting(job_id: str, state: str, timeout_s: float = 5.0) -> tuple[str, str]:
@@ -173,8 +178,8 @@ def _hints(launcher: LauncherConfig, res: Resources) -> dict[str, str]:
     return {field: config_key(launcher, res, field) for field in ("mem_gb", "time_min")}
 
 
-def _wait_slurm(sub: submitit.Job, poll_s: float) -> str:
-    """Poll until the job ends (or every rank has returned); print each state change."""
+def _wait_slurm(sub: submitit.Job, poll_s: float) -> tuple[str, str]:
+    """Poll until the job ends (or every rank has returned); print each state change. (state, reason)."""
     shown = None
     while True:
         state, reason = slurm.job_state(sub.job_id)
@@ -183,10 +188,10 @@ def _wait_slurm(sub: submitit.Job, poll_s: float) -> str:
             _say(f"SLURM job {sub.job_id}: {line}")
             shown = line
         if state in slurm.TERMINAL_STATES:
-            return state
+            return state, reason
         if _all_succeeded(sub):
             _say(f"SLURM job {sub.job_id}: every rank returned its result")
-            return "COMPLETED"
+            return "COMPLETED", ""
         time.sleep(poll_s)
 
 
@@ -228,7 +233,9 @@ def _result(sub: submitit.Job, headline: str, state: str, hints: dict[str, str])
         cause = f"rank {failed[0]} raised {trace[-1] if trace else 'an exception'}"
         log_task = tasks[failed[0]]
     else:
-        reason = _NO_RESULT_REASONS.get(state, "it was killed (out of memory?)").format(**hints)
+        started = any(t.paths.stderr.exists() or t.paths.stdout.exists() for t in tasks)
+        fallback = "it was killed (out of memory?)" if started else "it never started (SLURM could not launch it)"
+        reason = _NO_RESULT_REASONS.get(state, fallback).format(**hints)
         cause = f"{reason}, and no rank left a result"
         log_task = tasks[0]
     raise ScnasError(f"{headline}: {cause}\n{_log_tail(log_task)}")
