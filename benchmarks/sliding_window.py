@@ -119,10 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.no_grad():
         network(torch.zeros((args.batch_size, args.in_channels, *patch), device=device))
 
-    runs = [
-        run(network, image, patch, args.overlap, args.batch_size, axes, args.repeats)
-        for axes in ((), (0, 1, 2))[: 1 if args.no_mirror else 2]
-    ]
+    mirror_axes = [()] if args.no_mirror else [(), (0, 1, 2)]
+    runs = [run(network, image, patch, args.overlap, args.batch_size, axes, args.repeats) for axes in mirror_axes]
     result = {
         "machine": {**machine(), "device": str(device)},
         "volume": list(args.shape),

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from scnas.config import AugmentationConfig
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# Every augmentation off: for comparisons that must see exactly the same batches.
-NO_AUG = {
-    f"p_{k}": 0.0
-    for k in (
-        "rotation",
-        "scaling",
-        "elastic",
-        "noise",
-        "blur",
-        "brightness",
-        "contrast",
-        "gamma",
-        "gamma_invert",
-        "mirror",
-    )
-}
+# Every augmentation off (each p_* probability of AugmentationConfig): for comparisons that must see exactly
+# the same batches.
+NO_AUG = {f.name: 0.0 for f in dataclasses.fields(AugmentationConfig) if f.name.startswith("p_")}
 
 
 def cli_env(**extra: str) -> dict[str, str]:

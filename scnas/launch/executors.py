@@ -257,7 +257,7 @@ def _log_tail(task: submitit.Job, lines: int = LOG_TAIL_LINES) -> str:
         if text.strip():
             tail = "\n".join(text.rstrip().splitlines()[-lines:])
             return f"last {lines} lines of {path}:\n{tail}"
-    return f"the job wrote no log (expected {task.paths.stderr}): it was killed before it started"
+    return f"the job wrote no log (expected {task.paths.stderr})"
 
 
 def _read(path: Path) -> str:
