@@ -1,15 +1,13 @@
 # SCNAS study: dataset check -> splits -> preprocessing -> per-fold search -> retraining -> sliding-window
 # prediction -> metrics -> cross-validation tables. Rules live in workflow/rules/; every key of the
-# config is described in scnas/resources/config.schema.yaml.
-from snakemake.utils import min_version, validate
+# config is described in scnas/resources/config.schema.yaml, and workflow/rules/common.smk validates it
+# (schema and cross-field rules) with the same code as the `scnas` command, one line per error.
+from snakemake.utils import min_version
 
 min_version("9.0")
 
 
 configfile: "config.yaml"
-
-
-validate(config, "scnas/resources/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"

@@ -25,11 +25,11 @@ CASE = "brain_000"
 def run_worker(dataset_dir: Path, out_dir: Path) -> dict:
     """Preprocess the case once in this (fresh) process; wall time and peak RSS."""
     from scnas.data.dataset import parse_dataset
+    from scnas.data.plans import load_plans
     from scnas.data.preprocess import preprocess_case
-    from scnas.io import read_json
 
     case = parse_dataset(dataset_dir).case(CASE)
-    plans = read_json(dataset_dir / "plans.json")
+    plans = load_plans(dataset_dir)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     properties = preprocess_case(case, plans, out_dir)
@@ -45,15 +45,15 @@ def run_worker(dataset_dir: Path, out_dir: Path) -> dict:
 def split_timings(dataset_dir: Path, repeats: int) -> dict:
     """Median seconds of loading the case and of `preprocess_arrays` alone."""
     from scnas.data.dataset import parse_dataset
-    from scnas.data.preprocess import load_case_arrays, preprocess_arrays
-    from scnas.io import read_json
+    from scnas.data.plans import load_plans
+    from scnas.data.transforms import load_case_arrays, preprocess_arrays
 
     case = parse_dataset(dataset_dir).case(CASE)
-    plans = read_json(dataset_dir / "plans.json")
+    plans = load_plans(dataset_dir)
     load, compute = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        image, affine, label = load_case_arrays(case, plans["num_channels"])
+        image, affine, label = load_case_arrays(case, plans.num_channels)
         load.append(time.perf_counter() - start)
         start = time.perf_counter()
         preprocess_arrays(image, affine, plans, label)
@@ -63,15 +63,14 @@ def split_timings(dataset_dir: Path, repeats: int) -> dict:
 
 def make_task(root: Path, spacing: float) -> dict:
     """Write the synthetic brain task (one case, SHAPE at 1 mm) and its plans (target `spacing` mm, isotropic)."""
-    from scnas.config import stage_from_dict
+    from scnas.config import task_settings
     from scnas.data.dataset import parse_dataset
-    from scnas.data.plans import make_plans
+    from scnas.data.plans import make_plans, save_plans
     from scnas.data.synthetic import make_synthetic_task
-    from scnas.io import write_json
 
     make_synthetic_task("brain", root, cases=1, seed=0, shape=SHAPE, spacing=(1.0, 1.0, 1.0))
-    stage = stage_from_dict({"preprocess": {"spacing": [spacing] * 3}})
-    write_json(root / "plans.json", make_plans(parse_dataset(root), stage.preprocess, stage.plan))
+    stage = task_settings({"preprocess": {"spacing": [spacing] * 3}})
+    save_plans(root, make_plans(parse_dataset(root), stage.preprocess, stage.plan))
     return {"root": str(root)}
 
 

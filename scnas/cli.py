@@ -1,7 +1,7 @@
 """The `scnas` command: one subcommand per pipeline stage, the same functions the Snakemake rules call.
 
 Every stage validates its input first and fails with one line naming the file, case or key, exit 1,
-never a traceback (set SCNAS_DEBUG=1 for one).
+never a traceback (run with -v, or set SCNAS_DEBUG=1, for one).
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
 from scnas import __version__
-from scnas.errors import ScnasError
+from scnas.errors import ScnasError, describe_os_error
+from scnas.layout import MANIFEST
 
 log = logging.getLogger("scnas")
 
@@ -33,8 +35,9 @@ def setup_logging(verbose: bool = False) -> None:
 # ---------------------------------------------------------------------------------------------- config
 
 
-def stage_config(args: argparse.Namespace):
-    """The stage settings: --config files/inline JSON merged, with --task's overrides applied."""
+def settings_from_args(args: argparse.Namespace, flags: dict | None = None):
+    """The task's settings: --config files/inline JSON merged, --task's overrides applied, then the
+    command-line `flags` (as {"section": {"key": value}}), all validated by the config's rules."""
     from scnas import config as cfgmod
 
     sources = args.config or []
@@ -42,17 +45,19 @@ def stage_config(args: argparse.Namespace):
     for src in sources:
         merged = cfgmod.deep_merge(merged, cfgmod.read_config_source(src))
     if merged.get("tasks"):
-        cfg = cfgmod.from_dict(merged)
-        return cfg.stage(args.task) if args.task else cfg.stage()
-    return cfgmod.stage_from_dict(merged)
+        settings = cfgmod.from_dict(merged).settings(args.task)
+        if not flags:
+            return settings
+        merged = cfgmod.dataclass_to_dict(settings)
+    return cfgmod.task_settings(cfgmod.deep_merge(merged, flags or {}))
 
 
-def launcher_config(args: argparse.Namespace, stage):
+def launcher_config(args: argparse.Namespace, settings):
     if getattr(args, "launcher", None):
         from scnas import config as cfgmod
 
-        return cfgmod.stage_from_dict({"launcher": cfgmod.read_config_source(args.launcher)}).launcher
-    return stage.launcher
+        return cfgmod.task_settings({"launcher": cfgmod.read_config_source(args.launcher)}).launcher
+    return settings.launcher
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -60,7 +65,9 @@ def launcher_config(args: argparse.Namespace, stage):
 
 def cmd_synth(args: argparse.Namespace) -> None:
     from scnas.data.synthetic import make_synthetic_task
+    from scnas.io import ensure_output_dir
 
+    ensure_output_dir(args.out, "synthetic task folder", create=False)
     out = make_synthetic_task(
         args.kind,
         Path(args.out),
@@ -76,8 +83,13 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 def cmd_check(args: argparse.Namespace) -> None:
     from scnas.data.check import check_dataset
-    from scnas.io import write_json
+    from scnas.io import ensure_output_dir, write_json
 
+    if args.report:
+        report = Path(args.report)
+        if report.is_dir():
+            raise ScnasError(f"{report}: --report is a folder; give the JSON file to write")
+        ensure_output_dir(report.parent, "report folder", create=False)
     dataset, problems = check_dataset(Path(args.dataset), threads=args.threads, progress=True)
     if len(problems) == 1:
         raise ScnasError(problems[0])
@@ -121,40 +133,31 @@ def cmd_splits(args: argparse.Namespace) -> None:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
-    import dataclasses
-
     from scnas.data.check import validate_dataset
-    from scnas.data.plans import make_plans
     from scnas.data.preprocess import preprocess_dataset
-    from scnas.io import read_json
+    from scnas.io import ensure_output_dir
 
-    stage = stage_config(args)
-    pre = stage.preprocess
-    if args.spacing:
-        pre = dataclasses.replace(pre, spacing=tuple(args.spacing))
-    threads = args.threads or pre.threads
+    settings = settings_from_args(args, {"preprocess": {"spacing": list(args.spacing)}} if args.spacing else None)
+    threads = args.threads or settings.preprocess.threads
     dataset = validate_dataset(Path(args.dataset), case_ids=args.case, threads=threads)
-    out = Path(args.out)
-    plans_path = out / "plans.json"
-    if args.case and plans_path.exists():
-        plans = read_json(plans_path)
-    else:
-        plans = make_plans(dataset, pre, stage.plan, threads=threads)
-    preprocess_dataset(dataset, plans, out, case_ids=args.case, threads=threads, progress=True)
+    out = ensure_output_dir(args.out, "preprocessed folder", create=False)
+    run = preprocess_dataset(dataset, settings.preprocess, settings.plan, out, case_ids=args.case, threads=threads)
     log.info(
-        "preprocessed %d cases into %s (spacing %s, patch %s)",
-        len(args.case or dataset.cases),
+        "preprocessed %d cases into %s, kept %d already done (spacing %s, patch %s, plans %s)",
+        len(run.written),
         out,
-        plans["target_spacing"],
-        plans["patch_size"],
+        len(run.kept),
+        list(run.plans.target_spacing),
+        list(run.plans.patch_size),
+        run.plans.fingerprint,
     )
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    stage = stage_config(args)
+    settings = settings_from_args(args)
     _run_heavy(
         args,
-        stage,
+        settings,
         "search",
         "scnas.launch.targets:search_target",
         {
@@ -168,7 +171,7 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    stage = stage_config(args)
+    settings = settings_from_args(args)
     if args.model != "uresnet" and not args.genotype:
         raise ScnasError(f"--model {args.model}: needs --genotype FILE (a genotype.json from `scnas search`)")
     if args.genotype:
@@ -177,7 +180,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         load_genotype(args.genotype)
     _run_heavy(
         args,
-        stage,
+        settings,
         "train",
         "scnas.launch.targets:train_target",
         {
@@ -192,7 +195,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    stage = stage_config(args)
+    settings = settings_from_args(args)
     images = list(args.images or [])
     if args.fold is not None:
         if not (args.dataset and args.splits):
@@ -201,16 +204,18 @@ def cmd_predict(args: argparse.Namespace) -> None:
         from scnas.data.splits import fold_cases, load_splits
 
         dataset = parse_dataset(Path(args.dataset))
-        _, val = fold_cases(load_splits(args.splits), args.fold, args.splits)
+        _, val = fold_cases(load_splits(args.splits, dataset.case_ids), args.fold, args.splits)
         images += [str(dataset.case(c).image) for c in val]
     if not images:
         raise ScnasError("nothing to predict: give --images FILE_OR_DIR ... or --dataset/--splits/--fold")
+    from scnas.io import ensure_output_dir
     from scnas.train.checkpoint import load_model_checkpoint
 
+    ensure_output_dir(args.out, "predictions folder", create=False)
     load_model_checkpoint(args.model)
     _run_heavy(
         args,
-        stage,
+        settings,
         "predict",
         "scnas.launch.targets:predict_target",
         {
@@ -224,37 +229,57 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from scnas.data.dataset import parse_dataset
     from scnas.data.splits import fold_cases, load_splits
-    from scnas.evaluation.metrics import evaluate_cases
-    from scnas.io import read_json
+    from scnas.evaluation.metrics import evaluate_cases, read_prediction_manifest
+    from scnas.io import ensure_output_dir
 
-    stage = stage_config(args)
+    settings = settings_from_args(args)
+    ensure_output_dir(args.out, "evaluation folder", create=False)
     dataset = parse_dataset(Path(args.dataset))
     pred_dir = Path(args.predictions)
     if args.fold is not None:
         if not args.splits:
             raise ScnasError("--fold: also give --splits")
-        _, cases = fold_cases(load_splits(args.splits), args.fold, args.splits)
+        _, cases = fold_cases(load_splits(args.splits, dataset.case_ids), args.fold, args.splits)
     elif args.cases:
         cases = args.cases
     else:
-        manifest = pred_dir / "predictions.json"
+        manifest = pred_dir / MANIFEST
         if not manifest.exists():
             raise ScnasError(f"{manifest}: not found; name the cases with --cases or --splits/--fold")
-        cases = list(read_json(manifest)["cases"])
+        cases = read_prediction_manifest(manifest)
     pairs = []
+    predicted_by = None
+    if (pred_dir / MANIFEST).is_file():
+        from scnas.io import read_json
+
+        predicted_by = (read_json(pred_dir / MANIFEST).get("provenance") or {}).get("fingerprint")
     for case_id in cases:
         pred = pred_dir / f"{case_id}.nii.gz"
         if not pred.exists():
             raise ScnasError(f"{pred}: prediction for case {case_id} not found")
         pairs.append((case_id, pred, dataset.case(case_id).label))
+    from scnas.config import dataclass_to_dict
+    from scnas.fingerprint import Provenance
+
+    provenance = Provenance.of(
+        {"predictions": predicted_by, "cases": sorted(cases), "evaluation": dataclass_to_dict(settings.evaluation)}
+    )
     df = evaluate_cases(
-        pairs, dataset.labels, Path(args.out), percentile=stage.evaluation.hd_percentile, threads=args.threads
+        pairs,
+        dataset.labels,
+        Path(args.out),
+        percentile=settings.evaluation.hd_percentile,
+        threads=args.threads,
+        provenance=provenance.to_dict(),
     )
     log.info("evaluated %d cases: mean Dice %s", len(cases), df.groupby("label_name")["dice"].mean().round(4).to_dict())
 
 
 def cmd_table(args: argparse.Namespace) -> None:
+    """Write the CV tables to --out PREFIX, by default RESULTS/cv_table where RESULTS is --results or the
+    results folder holding every --metrics file; --print also prints the Markdown table."""
     from scnas.evaluation.study import find_metrics, parse_metrics_paths, write_study_tables
+    from scnas.io import ensure_output_dir
 
     if args.metrics:
         found = parse_metrics_paths(args.metrics)
@@ -262,29 +287,48 @@ def cmd_table(args: argparse.Namespace) -> None:
         found = find_metrics(Path(args.results), tasks=args.task, models=args.model, folds=args.folds)
     else:
         raise ScnasError("give --results DIR or --metrics FILE ...")
-    prefix = Path(args.out) if args.out else Path(args.results) / "cv_table"
+    if args.out:
+        prefix = Path(args.out)
+    elif args.results:
+        prefix = Path(args.results) / "cv_table"
+    else:
+        roots = sorted({str(p.parents[3]) for paths in found.values() for p in paths})
+        if len(roots) > 1:
+            raise ScnasError(
+                f"--metrics: the files lie in {len(roots)} results folders ({', '.join(roots)}); give --out"
+            )
+        prefix = Path(roots[0]) / "cv_table"
+    ensure_output_dir(prefix.parent, "table folder", create=False)
     written = write_study_tables(found, prefix)
     for path in written:
         log.info("wrote %s", path)
     if args.print:
-        md = [p for p in written if p.suffix == ".md"]
-        if md:
-            print(md[-1].read_text())
+        print(next(p for p in written if p.suffix == ".md").read_text())
 
 
-def _run_heavy(args: argparse.Namespace, stage, rule: str, target: str, kwargs: dict) -> None:
-    """Hand a heavy stage to the launcher (in-process, local submitit, or SLURM)."""
+def _run_heavy(args: argparse.Namespace, settings, rule: str, target: str, kwargs: dict) -> None:
+    """Hand a heavy stage to the launcher (in-process, local submitit, or SLURM), once its inputs and
+    output folder have been checked: nothing is submitted that would fail at its first line."""
     from scnas.config import dataclass_to_dict
+    from scnas.io import ensure_output_dir
     from scnas.launch import Job, run_job
+    from scnas.layout import job_name
 
-    launcher = launcher_config(args, stage)
-    out = Path(kwargs["out_dir"])
+    launcher = launcher_config(args, settings)
+    if "preprocessed" in kwargs:
+        from scnas.data.plans import load_plans
+        from scnas.data.splits import fold_cases, load_splits
+
+        plans = load_plans(kwargs["preprocessed"])
+        fold_cases(load_splits(kwargs["splits"], plans.case_ids), kwargs["fold"], kwargs["splits"])
+    out = ensure_output_dir(kwargs["out_dir"], f"{rule} output folder", create=False)
+    fold_dir = out.parent if rule == "predict" else out
     job = Job(
-        name=f"scnas-{rule}-{out.parent.name}-{out.name}" if rule != "predict" else f"scnas-predict-{out.parent.name}",
+        name=job_name(rule, out, getattr(args, "task", None) or ""),
         target=target,
-        kwargs={**kwargs, "stage": dataclass_to_dict(stage)},
+        kwargs={**kwargs, "settings": dataclass_to_dict(settings)},
         resources=launcher.resources(rule),
-        log_dir=out.parent / "logs" / out.name,
+        log_dir=fold_dir.parent / "logs" / fold_dir.name,
         checkpointable=True,
     )
     result = run_job(job, launcher)
@@ -361,17 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
     _heavy(p)
     p.set_defaults(func=cmd_search)
 
-    for name in ("train", "retrain"):
-        p = sub.add_parser(name, help="train a model on one fold" + (" (alias of train)" if name == "retrain" else ""))
-        p.add_argument("--model", required=True, choices=["uresnet", "scnas", "scnas_transfer"])
-        p.add_argument("--genotype", help="genotype.json (scnas and scnas_transfer)")
-        p.add_argument("--preprocessed", required=True)
-        p.add_argument("--splits", required=True)
-        p.add_argument("--fold", type=int, required=True)
-        p.add_argument("--out", required=True, help="fold folder (receives checkpoint_final.pt)")
-        _common(p)
-        _heavy(p)
-        p.set_defaults(func=cmd_train)
+    p = sub.add_parser("train", help="train a model on one fold (the U-ResNet, or a network from a genotype)")
+    p.add_argument("--model", required=True, choices=["uresnet", "scnas", "scnas_transfer"])
+    p.add_argument("--genotype", help="genotype.json (scnas and scnas_transfer)")
+    p.add_argument("--preprocessed", required=True)
+    p.add_argument("--splits", required=True)
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--out", required=True, help="fold folder (receives checkpoint_final.pt)")
+    _common(p)
+    _heavy(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="segment NIfTI images with a trained model")
     p.add_argument("--model", required=True, metavar="CHECKPOINT", help="a checkpoint_final.pt")
@@ -409,18 +452,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one stage; every failure is one line `scnas CMD: error: ...`, exit 1 (with -v or SCNAS_DEBUG=1
+    the traceback comes first)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(getattr(args, "verbose", False))
+    verbose = getattr(args, "verbose", False)
+    setup_logging(verbose)
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
-    except ScnasError as e:
-        if os.environ.get("SCNAS_DEBUG"):
-            raise
-        print(f"scnas {args.command}: error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"scnas {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if verbose or os.environ.get("SCNAS_DEBUG"):
+            traceback.print_exc(file=sys.stderr)
+        print(f"scnas {args.command}: error: {error_line(e)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def error_line(e: Exception) -> str:
+    """The one line the CLI prints for an error: ours as is, an OSError as PATH: CAUSE in words, anything
+    else as an unexpected error with the first line of its message."""
+    if isinstance(e, ScnasError):
+        text = str(e)
+    elif isinstance(e, OSError):
+        text = describe_os_error(e)
+    else:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "(no message)"
+        text = f"unexpected {type(e).__name__}: {first} (run with -v for the traceback)"
+    return " ".join(text.split("\n"))

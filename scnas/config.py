@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 import re
 import typing
@@ -100,7 +101,7 @@ class TrainConfig:
     patience: int
     max_epochs: int
     min_lr: float
-    iterations_per_epoch: int
+    iterations_per_epoch: int | Literal["auto"]
     foreground_fraction: float
     amp: bool
     deep_supervision: bool
@@ -127,7 +128,7 @@ class SearchConfig:
     lr_factor: float
     patience: int
     epochs: int
-    iterations_per_epoch: int
+    iterations_per_epoch: int | Literal["auto"]
     arch_fraction: float
     sampling: Literal["two", "all", "one"]
     tau: TauConfig
@@ -197,7 +198,7 @@ class LauncherConfig:
 
 
 @dataclass(frozen=True)
-class StageConfig:
+class TaskSettings:
     """The settings of one task: global sections with that task's overrides merged in."""
 
     seed: int
@@ -229,6 +230,7 @@ class Config:
     evaluation: EvaluationConfig
     launcher: LauncherConfig
     raw: dict = field(repr=False, compare=False, default_factory=dict)
+    resolved: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
     def study_tasks(self) -> tuple[str, ...]:
@@ -240,19 +242,24 @@ class Config:
             raise ConfigError(f"config key tasks: no task named {name!r} (known: {', '.join(self.tasks)})")
         return self.tasks[name]
 
-    def stage(self, task: str | None = None) -> StageConfig:
-        """The settings for `task` (global sections with its overrides), or the global ones."""
+    def settings(self, task: str | None = None) -> TaskSettings:
+        """One task's settings (global sections with its overrides), or the global ones; built once."""
+        if task is not None:
+            self.task(task)
+        return self.resolved[task]
+
+    def settings_dict(self, task: str | None = None) -> dict:
+        """`settings(task)` as plain JSON-able data, for handing to a CLI stage or a job."""
+        return dataclass_to_dict(self.settings(task))
+
+    def _resolve_settings(self, task: str | None) -> TaskSettings:
         sections = {s: copy.deepcopy(self.raw[s]) for s in SECTIONS}
         if task is not None:
             for section, values in self.task(task).overrides.items():
                 sections[section] = deep_merge(sections[section], values)
         merged = {"seed": self.seed, **sections}
         validated = validate(merged, where=f"tasks.{task}.overrides" if task else "")
-        return _build(StageConfig, validated, "")
-
-    def stage_dict(self, task: str | None = None) -> dict:
-        """`stage(task)` as plain JSON-able data, for handing to a CLI stage or a job."""
-        return dataclass_to_dict(self.stage(task))
+        return _build(TaskSettings, validated, "")
 
     def dataset_dir(self, task: str) -> Path:
         """The MSD folder of `task`: its configured path, or where the synth rule writes it."""
@@ -269,6 +276,12 @@ class Config:
             for m in (self.task(task).models or self.models)
             if m != "scnas_transfer" or (task in self.transfer.targets and self.transfer.source_task)
         )
+
+
+def steps_per_epoch(iterations: int | str, cases: int, batch_size: int) -> int:
+    """Steps in one epoch: a fixed count, or (`auto`) one pass over `cases` at the batch size, as the paper
+    counts epochs."""
+    return int(iterations) if iterations != "auto" else max(1, math.ceil(cases / batch_size))
 
 
 def deep_merge(base: Mapping, update: Mapping) -> dict:
@@ -311,16 +324,23 @@ def validate(data: Mapping, where: str = "") -> dict:
     Raises ConfigError naming the first offending key. `data` is not modified.
     """
     instance = copy.deepcopy(dict(data))
+    prefix = f"{where}: " if where else ""
+    try:
+        _check_finite(instance, "")
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e}") from None
     errors = sorted(_validator().iter_errors(instance), key=lambda e: (len(e.path), list(map(str, e.path))))
     if errors:
         err = errors[0]
         key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        prefix = f"{where}: " if where else ""
         raise ConfigError(f"{prefix}config key {key}: {_describe(err)}")
     for name, task in instance.get("tasks", {}).items():
         for section, values in task.get("overrides", {}).items():
             _check_keys(values, _section_schema(section), f"tasks.{name}.overrides.{section}")
-    _check_semantics(instance)
+    try:
+        _check_semantics(instance)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e}") from None
     return instance
 
 
@@ -348,8 +368,48 @@ def _check_keys(values: Any, schema: dict, where: str) -> None:
         _check_keys(value, _resolve(schema["properties"][key]), f"{where}.{key}")
 
 
+_POSITIVE_RANGES = ("scaling", "brightness", "contrast", "gamma")
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """NaN and infinity pass JSON schema's number checks; no setting can mean them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {where or '(top level)'}: {value} is not a finite number")
+    if isinstance(value, Mapping):
+        for key, sub in value.items():
+            _check_finite(sub, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            _check_finite(sub, f"{where}[{i}]")
+
+
 def _check_semantics(cfg: dict) -> None:
-    """Relations between keys that JSON schema cannot express."""
+    """Relations between keys that JSON schema cannot express: every entrance (config files, --config
+    JSON, command-line flags turned into settings) passes through here."""
+    pre = cfg.get("preprocess", {})
+    if "ct_clip_percentiles" in pre:
+        lo, hi = pre["ct_clip_percentiles"]
+        if not 0 <= lo < hi <= 100:
+            raise ConfigError(
+                f"config key preprocess.ct_clip_percentiles: need 0 <= low < high <= 100, got [{lo}, {hi}]"
+            )
+    train = cfg.get("train", {})
+    if "min_lr" in train and "lr" in train and not train["min_lr"] < train["lr"]:
+        raise ConfigError(
+            f"config key train.min_lr: {train['min_lr']} must be below train.lr {train['lr']} "
+            "(training would stop before its first epoch)"
+        )
+    for section in ("train", "search"):
+        for name, value in cfg.get(section, {}).get("augmentation", {}).items():
+            if not (isinstance(value, list) and len(value) == 2):
+                continue
+            where = f"config key {section}.augmentation.{name}"
+            if value[0] > value[1]:
+                raise ConfigError(f"{where}: the range [{value[0]}, {value[1]}] is reversed")
+            if name in _POSITIVE_RANGES and value[0] <= 0:
+                raise ConfigError(f"{where}: factors must be positive, got [{value[0]}, {value[1]}]")
+            if value[0] < 0:
+                raise ConfigError(f"{where}: must not be negative, got [{value[0]}, {value[1]}]")
     tau = cfg.get("search", {}).get("tau")
     if tau and not tau["end"] < tau["start"]:
         raise ConfigError(
@@ -359,6 +419,13 @@ def _check_semantics(cfg: dict) -> None:
         bad = [k for k in cfg["folds"] if k >= cfg["num_folds"]]
         if bad:
             raise ConfigError(f"config key folds: fold {bad[0]} does not exist with num_folds={cfg['num_folds']}")
+    for name, task in (cfg.get("tasks") or {}).items():
+        synthetic = task.get("synthetic") if isinstance(task, Mapping) else None
+        if synthetic and "num_folds" in cfg and synthetic.get("cases", 10) < cfg["num_folds"]:
+            raise ConfigError(
+                f"config key tasks.{name}.synthetic.cases: {synthetic['cases']} cases cannot fill "
+                f"num_folds={cfg['num_folds']} folds"
+            )
     tasks = cfg.get("tasks")
     for name in cfg.get("run_tasks") or []:
         if tasks is not None and name not in tasks:
@@ -390,7 +457,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
-        if f.name == "raw" or f.name not in data:
+        if f.name in ("raw", "resolved") or f.name not in data:
             continue
         kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}{f.name}")
     return cls(**kwargs)
@@ -487,20 +554,35 @@ def from_dict(data: Mapping) -> Config:
     }
     cfg = _build(Config, {**validated, "tasks": {}}, "")
     cfg = dataclasses.replace(cfg, tasks=tasks, raw=validated)
-    for name in tasks:  # validate every task's merged sections now, not at first use
-        cfg.stage(name)
+    for name in (None, *tasks):  # every task's merged sections, validated now and once
+        cfg.resolved[name] = cfg._resolve_settings(name)
     return cfg
 
 
-def stage_from_dict(data: Mapping) -> StageConfig:
-    """A StageConfig from a mapping holding (some of) seed and the sections; defaults fill the rest."""
+def task_settings(data: Mapping) -> TaskSettings:
+    """A TaskSettings from a mapping holding (some of) seed and the sections; defaults fill the rest.
+
+    Built once per process for equal data: the launcher, the job target and the stage all ask for it.
+    """
     unknown = set(data) - {"seed", *SECTIONS}
     if unknown:
         raise ConfigError(
             f"config key {sorted(unknown)[0]}: not a stage setting (allowed: seed, {', '.join(SECTIONS)})"
         )
-    validated = validate(dict(data))
-    return _build(StageConfig, validated, "")
+    try:
+        key = json.dumps(data, sort_keys=True, allow_nan=False)
+    except ValueError:
+        return _task_settings(data)
+    return _task_settings_cached(key)
+
+
+@lru_cache(maxsize=32)
+def _task_settings_cached(key: str) -> TaskSettings:
+    return _task_settings(json.loads(key))
+
+
+def _task_settings(data: Mapping) -> TaskSettings:
+    return _build(TaskSettings, validate(dict(data)), "")
 
 
 def dataclass_to_dict(obj: Any) -> Any:
@@ -508,7 +590,7 @@ def dataclass_to_dict(obj: Any) -> Any:
         return {
             f.name: dataclass_to_dict(getattr(obj, f.name))
             for f in dataclasses.fields(obj)
-            if f.name != "raw" and getattr(obj, f.name) is not None
+            if f.name not in ("raw", "resolved") and getattr(obj, f.name) is not None
         }
     if isinstance(obj, (list, tuple)):
         return [dataclass_to_dict(v) for v in obj]

@@ -31,18 +31,16 @@ def cli_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def tiny_task(tmp_path_factory) -> dict[str, Path]:
     """A 6-case synthetic heart task, preprocessed at 2 mm with 5-fold splits."""
-    from scnas.config import stage_from_dict
+    from scnas.config import task_settings
     from scnas.data.dataset import parse_dataset
-    from scnas.data.plans import make_plans
     from scnas.data.preprocess import preprocess_dataset
     from scnas.data.splits import make_splits, write_splits
     from scnas.data.synthetic import make_synthetic_task
 
     root = tmp_path_factory.mktemp("tiny")
     raw = make_synthetic_task("heart", root / "raw", cases=6, seed=0, size=24)
-    stage = stage_from_dict({"preprocess": {"spacing": [2.0, 2.0, 2.0]}, "plan": {"patch_size": [16, 16, 16]}})
+    stage = task_settings({"preprocess": {"spacing": [2.0, 2.0, 2.0]}, "plan": {"patch_size": [16, 16, 16]}})
     dataset = parse_dataset(raw)
-    plans = make_plans(dataset, stage.preprocess, stage.plan)
-    preprocess_dataset(dataset, plans, root / "pre", progress=False)
+    preprocess_dataset(dataset, stage.preprocess, stage.plan, root / "pre", progress=False)
     write_splits(root / "splits_final.json", make_splits(dataset.case_ids, 5, 0))
     return {"raw": raw, "pre": root / "pre", "splits": root / "splits_final.json", "root": root}

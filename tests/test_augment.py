@@ -6,10 +6,10 @@ import pytest
 import torch
 from scipy import ndimage
 
-from scnas.config import stage_from_dict
+from scnas.config import task_settings
 from scnas.data.augment import augment_batch, elastic_displacement, gaussian_blur, warp
 
-DEFAULTS = stage_from_dict({}).train.augmentation
+DEFAULTS = task_settings({}).train.augmentation
 OFF = dataclasses.replace(
     DEFAULTS,
     p_rotation=0.0,

@@ -462,3 +462,25 @@ def test_check_image_for_prediction(tmp_path):
     [problem] = check_image(text, 1)
     assert problem.startswith(f"{text}: image: not a readable NIfTI file")
     assert check_image(tmp_path / "missing.nii.gz", 1) == [f"{tmp_path / 'missing.nii.gz'}: image: file not found"]
+
+
+def test_paths_the_file_system_cannot_look_up_are_each_one_problem(tmp_path):
+    root = make_task(tmp_path / "task", cases=4)
+    os.symlink("loop.nii.gz", root / "imagesTr" / "loop.nii.gz")
+    bad = {1: "./imagesTr/loop.nii.gz", 2: "./imagesTr/case\x00.nii.gz", 3: "./labelsTr/" + "y" * 300 + ".nii.gz"}
+
+    def breaks(data):
+        for i, path in bad.items():
+            data["training"][i]["image" if i < 3 else "label"] = path
+
+    edit_json(root, breaks)
+    dataset, problems = check_dataset(root)
+    assert dataset is None and len(problems) == 3, problems
+    expected = [
+        ("training[1].image", "'./imagesTr/loop.nii.gz' is a symlink loop"),
+        ("training[2].image", r"'./imagesTr/case\x00.nii.gz' holds a NUL byte"),
+        ("training[3].label", f"({len(bad[3])} characters): file name too long"),
+    ]
+    for (where, what), problem in zip(expected, problems):
+        assert problem.startswith(f"{root / 'dataset.json'}: {where}: path ") and what in problem, problem
+        assert "\n" not in problem and "\x00" not in problem

@@ -11,7 +11,7 @@ from conftest import cli_env
 
 from scnas.cli import build_parser
 
-STAGES = ["synth", "check", "splits", "preprocess", "search", "train", "retrain", "predict", "evaluate", "table"]
+STAGES = ["synth", "check", "splits", "preprocess", "search", "train", "predict", "evaluate", "table"]
 
 
 def scnas(*args: str) -> subprocess.CompletedProcess:
@@ -119,3 +119,76 @@ def test_splits_command_writes_nnunet_format(tmp_path, tiny_task):
     assert scnas("splits", "--dataset", str(tiny_task["raw"]), "--out", str(out), "--seed", "1").returncode == 0
     splits = json.loads(out.read_text())
     assert len(splits) == 5 and all(set(f) == {"train", "val"} for f in splits)
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """Run `scnas.cli.main` in this process: no SCNAS_DEBUG, and the root logger restored afterwards."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    monkeypatch.delenv("SCNAS_DEBUG", raising=False)
+    yield monkeypatch
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_an_unexpected_error_is_one_line_and_verbose_shows_the_traceback(in_process, capsys):
+    import scnas.cli as cli
+
+    def broken(args):
+        raise ZeroDivisionError("division by zero\nsecond line")
+
+    in_process.setattr(cli, "cmd_synth", broken)
+    argv = ["synth", "--kind", "heart", "--out", "unused"]
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "scnas synth: error: unexpected ZeroDivisionError: division by zero (run with -v for the traceback)"
+    ]
+    assert cli.main([*argv, "-v"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "in broken" in err
+    assert err.strip().splitlines()[-1].startswith("scnas synth: error: unexpected ZeroDivisionError")
+    in_process.setenv("SCNAS_DEBUG", "1")
+    assert cli.main(argv) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_os_errors_are_one_line_in_words(in_process, capsys):
+    import errno
+
+    import scnas.cli as cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/results/Task/fold_0/checkpoint_final.pt")
+
+    in_process.setattr(cli, "cmd_synth", full)
+    assert cli.main(["synth", "--kind", "heart", "--out", "unused"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "scnas synth: error: /results/Task/fold_0/checkpoint_final.pt: no space left on device (disk full)"
+    ]
+
+
+def test_table_print_without_out_writes_next_to_the_results(in_process, tmp_path, tiny_task, capsys):
+    import shutil
+
+    from scnas.cli import main
+    from scnas.evaluation.metrics import evaluate_cases
+
+    label = tiny_task["raw"] / "labelsTr" / "heart_000.nii.gz"
+    folds = [tmp_path / "results" / "Tiny" / "uresnet" / f"fold_{k}" for k in (0, 1)]
+    for out in folds:
+        evaluate_cases([("heart_000", label, label)], {0: "background", 1: "left atrium"}, out)
+    metrics = [str(out / "metrics.csv") for out in folds]
+    capsys.readouterr()
+    assert main(["table", "--metrics", *metrics, "--print"]) == 0
+    printed = capsys.readouterr().out
+    written = tmp_path / "results" / "cv_table.md"
+    assert written.read_text() in printed and "| 3D U-ResNet | 100.00 ± 0.00 |" in printed
+
+    other = tmp_path / "other" / "T" / "scnas" / "fold_0"
+    shutil.copytree(folds[0], other)
+    assert main(["table", "--metrics", metrics[0], str(other / "metrics.csv"), "--print"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "2 results folders" in err and "--out" in err

@@ -1,6 +1,7 @@
 """The config schema, its defaults, the typed dataclasses, and the refusals of bad keys."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ def test_repository_configs_validate():
 
 
 def test_defaults_fill_a_partial_config():
-    stage = C.stage_from_dict({})
+    stage = C.task_settings({})
     assert stage.plan.patch_size == (128, 128, 128)
     assert stage.train.augmentation.p_mirror == 0.5
     assert stage.launcher.resources("search").gpus_per_node == 1
@@ -58,7 +59,7 @@ def test_every_schema_key_has_a_dataclass_field():
     for section, cls in pairs.items():
         assert props(section) == {f.name for f in dataclasses.fields(cls)}, section
     top = set(schema["properties"])
-    assert top == {f.name for f in dataclasses.fields(C.Config)} - {"raw"}
+    assert top == {f.name for f in dataclasses.fields(C.Config)} - {"raw", "resolved"}
     aug = set(schema["$defs"]["augmentation"]["properties"])
     assert aug == {f.name for f in dataclasses.fields(C.AugmentationConfig)}
 
@@ -96,16 +97,16 @@ def test_task_overrides_merge_over_global_sections():
             "plan": {"patch_size": [96, 96, 96]},
         }
     )
-    assert cfg.stage("T").plan.patch_size == (64, 64, 32)
-    assert cfg.stage().plan.patch_size == (96, 96, 96)
-    assert cfg.stage("T").launcher.resources("train").gpus_per_node == 2
-    assert cfg.stage("T").launcher.resources("train").mem_gb == 64
+    assert cfg.settings("T").plan.patch_size == (64, 64, 32)
+    assert cfg.settings().plan.patch_size == (96, 96, 96)
+    assert cfg.settings("T").launcher.resources("train").gpus_per_node == 2
+    assert cfg.settings("T").launcher.resources("train").mem_gb == 64
 
 
 def test_stage_dict_round_trips():
     cfg = C.load(ROOT / "config.yaml")
     for task in cfg.tasks:
-        assert C.stage_from_dict(cfg.stage_dict(task)) == cfg.stage(task)
+        assert C.task_settings(cfg.settings_dict(task)) == cfg.settings(task)
 
 
 def test_config_files_errors_name_the_file(tmp_path):
@@ -124,6 +125,64 @@ def test_config_files_errors_name_the_file(tmp_path):
 def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train: {min_lr: 1e-7, lr: 3e-4}\n")
-    stage = C.stage_from_dict(C.read_config_source(path))
+    stage = C.task_settings(C.read_config_source(path))
     assert stage.train.min_lr == 1e-7 and stage.train.lr == 3e-4
     assert C.read_config_source('{"train": {"min_lr": 1e-07}}')["train"]["min_lr"] == 1e-7
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"preprocess": {"ct_clip_percentiles": [99.5, 0.5]}}, "preprocess.ct_clip_percentiles"),
+        ({"preprocess": {"ct_clip_percentiles": [-1, 50]}}, "preprocess.ct_clip_percentiles"),
+        ({"preprocess": {"ct_clip_percentiles": [10, 101]}}, "preprocess.ct_clip_percentiles"),
+        ({"train": {"lr": 1e-3, "min_lr": 1e-3}}, "train.min_lr"),
+        ({"train": {"min_lr": 1e-2}}, "train.min_lr"),
+        ({"preprocess": {"spacing": [float("nan"), 1.0, 1.0]}}, "preprocess.spacing[0]"),
+        ({"preprocess": {"spacing": [1.0, float("inf"), 1.0]}}, "preprocess.spacing[1]"),
+        ({"preprocess": {"spacing": [1.0, 1.0, 0.0]}}, "preprocess.spacing.2"),
+        ({"train": {"lr": float("nan")}}, "train.lr"),
+        ({"inference": {"overlap": float("nan")}}, "inference.overlap"),
+        ({"inference": {"overlap": 1.0}}, "inference.overlap"),
+        ({"train": {"augmentation": {"scaling": [1.4, 0.7]}}}, "train.augmentation.scaling"),
+        ({"search": {"augmentation": {"gamma": [0.0, 1.5]}}}, "search.augmentation.gamma"),
+        ({"search": {"tau": {"start": 1.0, "end": 2.0}}}, "search.tau"),
+    ],
+)
+def test_values_that_would_spoil_results_are_refused_naming_the_key(data, key):
+    with pytest.raises(ConfigError) as info:
+        C.task_settings(data)
+    message = str(info.value)
+    assert f"config key {key}" in message and "\n" not in message
+
+
+def test_cross_field_rules_apply_to_task_overrides_and_inline_json(tmp_path):
+    config = {
+        "tasks": {"T": {"dataset": "T", "overrides": {"train": {"min_lr": 0.5}}}},
+    }
+    with pytest.raises(ConfigError, match=r"tasks\.T\.overrides: config key train\.min_lr"):
+        C.from_dict(config)
+    with pytest.raises(ConfigError, match="preprocess.spacing.0. is not a finite number|preprocess.spacing"):
+        C.task_settings(C.read_config_source('{"preprocess": {"spacing": [.nan, 1, 1]}}'))
+    with pytest.raises(ConfigError, match="num_folds"):
+        C.from_dict({"num_folds": 1, "tasks": {"T": {"dataset": "T"}}})
+    with pytest.raises(ConfigError, match="synthetic.cases"):
+        C.from_dict({"num_folds": 5, "tasks": {"T": {"synthetic": {"kind": "heart", "cases": 3}}}})
+
+
+def test_settings_are_validated_once_per_process(monkeypatch):
+    calls = []
+    original = C.validate
+    monkeypatch.setattr(C, "validate", lambda *a, **k: calls.append(1) or original(*a, **k))
+    cfg = C.from_dict({"tasks": {"A": {"dataset": "A"}, "B": {"dataset": "B", "overrides": {"train": {"lr": 1e-3}}}}})
+    built = len(calls)
+    assert built == 4  # the whole config, then the global sections and each task's merged ones, once
+    for _ in range(3):
+        assert cfg.settings("B").train.lr == 1e-3 and cfg.settings("A").train.lr == 3e-4
+        cfg.settings_dict("A")
+    assert len(calls) == built
+    C._task_settings_cached.cache_clear()
+    data = cfg.settings_dict("B")
+    first = C.task_settings(data)
+    assert C.task_settings(json.loads(json.dumps(data))) is first
+    assert len(calls) == built + 1

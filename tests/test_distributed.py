@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import NO_AUG
 
-from scnas.config import Resources, dataclass_to_dict, stage_from_dict
+from scnas.config import Resources, dataclass_to_dict, task_settings
 from scnas.launch import Job, run_job
 
 
 def _launcher(executor: str, processes: int):
-    launcher = stage_from_dict({"launcher": {"executor": executor}}).launcher
+    launcher = task_settings({"launcher": {"executor": executor}}).launcher
     res = Resources(nodes=1, gpus_per_node=0, tasks_per_node=processes, cpus_per_task=1, time_min=30)
     return dataclasses.replace(launcher, poll_s=0.5, train=res, search=res, default=res)
 
@@ -29,7 +29,7 @@ def _run(executor: str, processes: int, target: str, kwargs: dict, log_dir) -> d
 @pytest.mark.timeout(300)
 def test_two_processes_train_like_one_with_the_whole_batch(tiny_task, tmp_path):
     stage = dataclass_to_dict(
-        stage_from_dict(
+        task_settings(
             {
                 "train": {
                     "batch_size": 4,
@@ -47,7 +47,7 @@ def test_two_processes_train_like_one_with_the_whole_batch(tiny_task, tmp_path):
         "splits": str(tiny_task["splits"]),
         "fold": 0,
         "model": "uresnet",
-        "stage": stage,
+        "settings": stage,
     }
     one, two = tmp_path / "one" / "fold_0", tmp_path / "two" / "fold_0"
     _run("inprocess", 1, "scnas.launch.targets:train_target", {**common, "out_dir": str(one)}, tmp_path / "l1")
@@ -81,7 +81,7 @@ def _column(path, name) -> list[float]:
 @pytest.mark.timeout(300)
 def test_two_process_search_samples_one_architecture_and_matches_one_process(tiny_task, tmp_path):
     stage = dataclass_to_dict(
-        stage_from_dict(
+        task_settings(
             {
                 "search": {
                     "stem_channels": 8,
@@ -94,7 +94,7 @@ def test_two_process_search_samples_one_architecture_and_matches_one_process(tin
             }
         )
     )
-    common = {"preprocessed": str(tiny_task["pre"]), "splits": str(tiny_task["splits"]), "fold": 1, "stage": stage}
+    common = {"preprocessed": str(tiny_task["pre"]), "splits": str(tiny_task["splits"]), "fold": 1, "settings": stage}
     one, two = tmp_path / "one", tmp_path / "two"
     _run("inprocess", 1, "scnas.launch.targets:search_target", {**common, "out_dir": str(one)}, tmp_path / "l1")
     _run("local", 2, "scnas.launch.targets:search_target", {**common, "out_dir": str(two)}, tmp_path / "l2")
@@ -116,7 +116,7 @@ def test_two_process_prediction_shares_the_cases_and_matches_one_process(tiny_ta
     import nibabel as nib
 
     stage = dataclass_to_dict(
-        stage_from_dict(
+        task_settings(
             {
                 "train": {"uresnet_channels": 4, "max_epochs": 1, "iterations_per_epoch": 2, "amp": False},
                 "inference": {"mirror": True},
@@ -125,10 +125,10 @@ def test_two_process_prediction_shares_the_cases_and_matches_one_process(tiny_ta
     )
     model_dir = tmp_path / "model" / "fold_0"
     train_kwargs = {"preprocessed": str(tiny_task["pre"]), "splits": str(tiny_task["splits"]), "fold": 0}
-    train_kwargs.update(out_dir=str(model_dir), model="uresnet", stage=stage)
+    train_kwargs.update(out_dir=str(model_dir), model="uresnet", settings=stage)
     _run("inprocess", 1, "scnas.launch.targets:train_target", train_kwargs, tmp_path / "lt")
     images = sorted(str(p) for p in (tiny_task["raw"] / "imagesTr").glob("*.nii.gz"))
-    common = {"checkpoint": str(model_dir / "checkpoint_final.pt"), "images": images, "stage": stage}
+    common = {"checkpoint": str(model_dir / "checkpoint_final.pt"), "images": images, "settings": stage}
     one, two = tmp_path / "one", tmp_path / "two"
     _run("inprocess", 1, "scnas.launch.targets:predict_target", {**common, "out_dir": str(one)}, tmp_path / "l1")
     _run("local", 2, "scnas.launch.targets:predict_target", {**common, "out_dir": str(two)}, tmp_path / "l2")

@@ -6,6 +6,7 @@ import torch.nn as nn
 
 from scnas.models.flops import count_gflops, match_width
 from scnas.models.genotype_network import GenotypeNetwork
+from scnas.models.uresnet import UResNet
 from scnas.nas import CELL_TYPES, OPERATIONS, Genotype, cell_edges
 
 
@@ -76,3 +77,36 @@ def test_match_width_of_a_genotype_network_within_5_percent():
     width, gflops = match_width(lambda w: GenotypeNetwork(genotype, 4, 4, w), target, shape, lo=4, hi=96, step=4)
     assert width == 40
     assert abs(gflops - target) / target < 0.05
+
+
+def _uresnet_gflops(in_channels: int, classes: int, c: int, size: tuple[int, int, int]) -> float:
+    """The U-ResNet's multiply-adds by hand, level by level (2 FLOPs each); see scnas.models.uresnet."""
+    sizes = [size]
+    for _ in range(3):
+        sizes.append(tuple(-(-n // 2) for n in sizes[-1]))
+    voxels = [sz[0] * sz[1] * sz[2] for sz in sizes]
+    width = [c * 2**level for level in range(4)]
+    macs = in_channels * c * 27 * voxels[0]
+    for level in (1, 2, 3):
+        macs += (width[level - 1] * width[level] * 8 + 2 * width[level] ** 2 * 27) * voxels[level]
+    for level in (0, 1, 2):
+        wide, narrow, inter = width[level + 1], width[level], width[level] // 2
+        macs += wide * narrow * 8 * voxels[level + 1]
+        macs += (narrow * inter + inter) * voxels[level] + wide * inter * voxels[level + 1]
+        macs += (2 * narrow**2 * 27 if level > 0 else 0) * voxels[level]
+        macs += narrow * classes * voxels[level]
+    return 2 * macs / 1e9
+
+
+def test_uresnet_costs_the_papers_baseline_at_the_brain_tumour_setting():
+    gflops = count_gflops(UResNet(4, 4, base_channels=32), (1, 4, 128, 128, 128))
+    assert gflops == pytest.approx(_uresnet_gflops(4, 4, 32, (128, 128, 128)), rel=1e-12)
+    assert abs(gflops - 419.59) / 419.59 < 0.05
+    assert gflops == pytest.approx(426.93, rel=0.005)
+
+
+def test_uresnet_flops_follow_the_hand_count_at_odd_sizes():
+    for channels, classes, width, size in [(1, 3, 8, (17, 24, 9)), (2, 2, 4, (33, 20, 15))]:
+        assert count_gflops(UResNet(channels, classes, width), (channels, *size)) == pytest.approx(
+            _uresnet_gflops(channels, classes, width, size), rel=1e-12
+        )

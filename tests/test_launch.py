@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scnas.config import Resources, stage_from_dict
+from scnas.config import Resources, task_settings
 from scnas.errors import ScnasError
 from scnas.launch import Job, run_job
 from scnas.launch.executors import config_key
@@ -30,7 +30,7 @@ CPU_JOB = {"gpus_per_node": 0, "tasks_per_node": 2, "cpus_per_task": 1, "mem_gb"
 
 
 def launcher(executor: str, train: dict | None = None, **default):
-    return stage_from_dict(
+    return task_settings(
         {
             "launcher": {
                 "executor": executor,
@@ -283,10 +283,10 @@ def test_gloo_falls_back_to_loopback_when_the_host_name_does_not_resolve(monkeyp
 RUN_JOB = """
 import json, sys
 from pathlib import Path
-from scnas.config import stage_from_dict
+from scnas.config import task_settings
 from scnas.launch import Job, run_job
 spec = json.loads(sys.argv[1])
-lc = stage_from_dict({"launcher": spec["launcher"]}).launcher
+lc = task_settings({"launcher": spec["launcher"]}).launcher
 job = Job(name=spec["name"], target=spec["target"], kwargs=spec["kwargs"], resources=lc.resources("train"),
           log_dir=Path(spec["log_dir"]))
 print(json.dumps(run_job(job, lc)))

@@ -227,3 +227,78 @@ def test_evaluate_cases_refuses_affine_mismatch(tmp_path):
     message = str(info.value)
     assert "case_042" in message and "affine" in message and "\n" not in message
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def _cube_case(tmp_path, case="c", pred_value=1):
+    ref = np.zeros((6, 6, 6), np.int16)
+    ref[1:4, 1:4, 1:4] = 1
+    pred = ref.copy()
+    pred[0, 0, 0] = pred_value
+    return _write_case(tmp_path, case, pred, ref, np.eye(4))
+
+
+def test_summary_records_the_hash_of_metrics_csv(tmp_path):
+    import hashlib
+
+    from scnas.evaluation.metrics import incomplete_reason
+
+    out = tmp_path / "out"
+    evaluate_cases([_cube_case(tmp_path)], {1: "x"}, out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics_sha256"] == hashlib.sha256((out / "metrics.csv").read_bytes()).hexdigest()
+    assert incomplete_reason(out / "metrics.csv") is None
+
+    (out / "metrics.csv").write_text((out / "metrics.csv").read_text().replace("c,1,x", "c,1,y"))
+    assert "written for other metrics" in incomplete_reason(out / "metrics.csv")
+    (out / "summary.json").write_text("[1]")
+    assert "not a JSON object" in incomplete_reason(out / "metrics.csv")
+    (out / "summary.json").unlink()
+    assert "no summary.json" in incomplete_reason(out / "metrics.csv")
+
+
+def test_evaluate_cases_removes_its_stale_temporaries_only(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [out / ".metrics.csv.k2j3.tmp.csv", out / ".summary.json.x9.tmp.json"]
+    others = [out / ".checkpoint_final.pt.a1.tmp.pt", out / "notes.txt"]
+    for path in stale + others:
+        path.write_text("left by a killed run\n")
+    evaluate_cases([_cube_case(tmp_path)], {1: "x"}, out)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in others)
+    assert (out / "metrics.csv").is_file() and (out / "summary.json").is_file()
+
+
+def test_evaluate_cases_refuses_undeclared_prediction_values_and_drops_the_old_pair(tmp_path):
+    out = tmp_path / "out"
+    evaluate_cases([_cube_case(tmp_path)], {1: "x"}, out)
+    case = _cube_case(tmp_path, "case_009", pred_value=3)
+    with pytest.raises(ScnasError) as info:
+        evaluate_cases([case], {0: "background", 1: "x"}, out)
+    message = str(info.value)
+    assert str(case[1]) in message and "case_009" in message and "[3]" in message and "[0, 1]" in message
+    assert not (out / "metrics.csv").exists() and not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ('{"cases": {"a": "a.nii.gz", "b": "b.nii.gz"}}', ["a", "b"]),
+        ('{"cases": ["a"]}', ["a"]),
+        ("{broken", "not valid JSON"),
+        ('{"cases": {}}', "'cases'"),
+        ('{"cases": "a"}', "'cases'"),
+        ('{"cases": ["../a"]}', "not a case id"),
+        ('{"cases": [1]}', "not a case id"),
+    ],
+)
+def test_read_prediction_manifest(tmp_path, content, expected):
+    from scnas.evaluation.metrics import read_prediction_manifest
+
+    path = tmp_path / "predictions.json"
+    path.write_text(content)
+    if isinstance(expected, list):
+        assert read_prediction_manifest(path) == expected
+    else:
+        with pytest.raises(ScnasError) as info:
+            read_prediction_manifest(path)
+        assert str(path) in str(info.value) and expected in str(info.value) and "\n" not in str(info.value)

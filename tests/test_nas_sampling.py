@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy import stats
 
-from scnas.nas import sample_edges, sample_two, sample_two_edges
-from scnas.nas.sampling import SKIP_BELOW, draw_pairs, gumbel_noise, sample_one_edges
+from scnas.nas import sample_edges, sample_two
+from scnas.nas.sampling import SKIP_BELOW, draw_pairs, gumbel_noise
 
 ALPHA = torch.tensor([0.9, -0.4, 0.3, 0.0, -1.0, 0.6, -0.2, 0.1])
 PAIRS = list(itertools.combinations(range(8), 2))
@@ -75,7 +75,7 @@ def test_pair_frequencies_match_expected_q_over_gumbel_noise():
     """P({o1, o2}) = E_g[(z_o1 + z_o2)] / (|O| - 1); E_g[z] by float64 Monte-Carlo with numpy's RNG."""
     tau = 1.0
     n = 20000
-    weights = sample_two_edges(ALPHA.expand(n, 8), tau, generator=torch.Generator().manual_seed(3))
+    weights = sample_two(ALPHA.expand(n, 8), tau, generator=torch.Generator().manual_seed(3))
     counts = _pair_counts(weights)
     rng = np.random.default_rng(0)
     logits = (ALPHA.double().numpy() + rng.gumbel(size=(1_000_000, 8))) / tau
@@ -118,9 +118,9 @@ def test_sample_two_gradient_reaches_only_the_pair():
 
 
 def test_same_generator_seed_same_draws():
-    a = sample_two_edges(ALPHA.expand(14, 8), 1.0, torch.Generator().manual_seed(11))
-    b = sample_two_edges(ALPHA.expand(14, 8), 1.0, torch.Generator().manual_seed(11))
-    c = sample_two_edges(ALPHA.expand(14, 8), 1.0, torch.Generator().manual_seed(12))
+    a = sample_two(ALPHA.expand(14, 8), 1.0, torch.Generator().manual_seed(11))
+    b = sample_two(ALPHA.expand(14, 8), 1.0, torch.Generator().manual_seed(11))
+    c = sample_two(ALPHA.expand(14, 8), 1.0, torch.Generator().manual_seed(12))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -128,7 +128,7 @@ def test_same_generator_seed_same_draws():
 def test_sample_one_is_hard_gumbel_max_with_soft_gradient():
     n = 20000
     alpha = ALPHA.expand(n, 8).clone().requires_grad_(True)
-    w = sample_one_edges(alpha, 1.0, torch.Generator().manual_seed(2))
+    w = sample_edges("one", alpha, 1.0, torch.Generator().manual_seed(2)).weights
     assert ((w == 0) | ((w - 1).abs() < 1e-6)).all()
     assert ((w != 0).sum(dim=1) == 1).all()
     counts = (w != 0).sum(dim=0).numpy()

@@ -14,18 +14,18 @@ import pytest
 import torch
 from conftest import cli_env
 
-from scnas.config import stage_from_dict
+from scnas.config import task_settings
 from scnas.data.synthetic import make_synthetic_task
-from scnas.train.retrain import RetrainRequest, retrain
+from scnas.train.training import TrainRequest, train
 
 
 @pytest.fixture(scope="module")
 def model(tiny_task, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("model") / "fold_0"
-    stage = stage_from_dict(
+    stage = task_settings(
         {"train": {"batch_size": 2, "uresnet_channels": 4, "max_epochs": 1, "iterations_per_epoch": 2, "amp": False}}
     )
-    retrain(RetrainRequest(tiny_task["pre"], tiny_task["splits"], 0, out, "uresnet", stage))
+    train(TrainRequest(tiny_task["pre"], tiny_task["splits"], 0, out, "uresnet", stage))
     return out / "checkpoint_final.pt"
 
 
@@ -112,3 +112,26 @@ def test_corrupt_and_foreign_checkpoints_are_refused(model, tmp_path):
     result = _predict("--model", str(pickled), "--images", str(scans), "--out", str(tmp_path / "c"))
     assert result.returncode == 1 and "not a readable checkpoint" in result.stderr.splitlines()[-1]
     assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_predictions_record_what_made_them_and_are_redone_when_it_changes(model, tiny_task, tmp_path):
+    from scnas.inference.predict import predict_files
+
+    scans = make_synthetic_task("heart", tmp_path / "new", cases=2, seed=5, size=24) / "imagesTr"
+    out = tmp_path / "seg"
+    plain = task_settings({"inference": {"mirror": False}}).inference
+    predict_files(model, [scans], out, plain)
+    manifest = json.loads((out / "predictions.json").read_text())
+    settings = manifest["provenance"]["settings"]
+    assert settings["inference"]["mirror"] is False and set(settings["images"]) == set(manifest["cases"])
+    made_by = torch.load(model, weights_only=True)["provenance"]["fingerprint"]
+    assert settings["model"] == made_by
+    stamp = {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
+
+    predict_files(model, [scans], out, plain)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")} == stamp, "identical settings reuse"
+
+    predict_files(model, [scans], out, task_settings({"inference": {"mirror": True}}).inference)
+    assert all(p.stat().st_mtime_ns != stamp[p.name] for p in out.glob("*.nii.gz"))
+    assert json.loads((out / "predictions.json").read_text())["provenance"]["settings"]["inference"]["mirror"]
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import nibabel as nib
@@ -9,21 +10,17 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from scnas.config import stage_from_dict
-from scnas.data import preprocess as pp
+from scnas.config import task_settings
+from scnas.data import store
 from scnas.data.dataset import parse_dataset
 from scnas.data.nifti import load_label, save_nifti
-from scnas.data.normalize import fill_holes
-from scnas.data.plans import fit_patch_size, make_plans
-from scnas.data.preprocess import (
-    PLANS_FILE,
-    load_preprocessed,
-    preprocess_arrays,
-    preprocess_case,
-    preprocess_dataset,
-    restore,
-)
+from scnas.data.normalize import fill_holes, zscore_entry
+from scnas.data.plans import PLANS_FILE, PLANS_VERSION, Plans, fit_patch_size, make_plans, save_plans
+from scnas.data.preprocess import preprocess_case, preprocess_dataset
+from scnas.data.store import load_preprocessed
+from scnas.data.transforms import preprocess_arrays, restore
 from scnas.errors import DatasetError
+from scnas.fingerprint import Provenance
 from scnas.io import read_json, save_npy
 
 LABELS = {0: "background", 1: "a", 2: "b", 3: "c"}
@@ -86,10 +83,33 @@ def write_task(root, cases, modalities=("MRI", "MRI"), labels=LABELS):
     return parse_dataset(root)
 
 
-def plans_for(dataset, **preprocess):
+def settings_for(**preprocess):
     plan = preprocess.pop("plan", {})
-    stage = stage_from_dict({"preprocess": preprocess, "plan": plan})
-    return make_plans(dataset, stage.preprocess, stage.plan)
+    stage = task_settings({"preprocess": preprocess, "plan": plan})
+    return stage.preprocess, stage.plan
+
+
+def plans_for(dataset, **preprocess):
+    return make_plans(dataset, *settings_for(**preprocess))
+
+
+def array_plans(num_channels, target_spacing, label_interpolation="linear"):
+    """Plans for calling preprocess_arrays directly: MRI channels, no dataset behind them."""
+    return Plans(
+        dataset="arrays",
+        modalities=("MRI",) * num_channels,
+        labels=LABELS,
+        num_channels=num_channels,
+        target_spacing=tuple(target_spacing),
+        label_interpolation=label_interpolation,
+        foreground_samples=100,
+        ct_clip_percentiles=(0.5, 99.5),
+        normalization=(zscore_entry(),) * num_channels,
+        median_shape=(1.0, 1.0, 1.0),
+        patch_size=(8, 8, 8),
+        case_ids=(),
+        provenance=Provenance.of({}),
+    )
 
 
 def dice(a, b, value):
@@ -105,7 +125,7 @@ def test_exact_round_trip_at_the_input_spacing(tmp_path, affine):
     spacing = [float(z) for z in canonical.header.get_zooms()[:3]]
     plans = plans_for(dataset, spacing=spacing)
     props = preprocess_case(dataset.cases[0], plans, tmp_path / "pre")
-    case = load_preprocessed(tmp_path / "pre", "c0")
+    case = load_preprocessed(tmp_path / "pre", "c0", plans=plans)
 
     # Canonical orientation and crop, checked against nibabel's own RAS+ reorientation.
     canon_label = np.asarray(canonical.dataobj).astype(np.int16)
@@ -160,14 +180,8 @@ def spheres_case(affine, radius):
 def test_round_trip_through_a_coarser_grid(axes):
     affine = np.array([*axes, (0, 0, 0, 1)], dtype=np.float64)
     image, label = spheres_case(affine, radius=32.0)
-    plans = {
-        "num_channels": 1,
-        "target_spacing": [1.25, 1.25, 1.25],
-        "label_interpolation": "linear",
-        "normalization": [{"scheme": "zscore", "clip": None, "mean": None, "std": None}],
-    }
     for mode, threshold in (("linear", 0.99), ("nearest", 0.98)):
-        plans["label_interpolation"] = mode
+        plans = array_plans(1, [1.25, 1.25, 1.25], label_interpolation=mode)
         _, seg, props = preprocess_arrays(image, affine, plans, label)
         assert all(0 < lo for lo, _ in props["crop_bbox"])
         assert all(r < c for r, c in zip(props["resampled_shape"], props["cropped_shape"]))
@@ -185,12 +199,7 @@ def test_mri_channels_are_z_scored_over_the_filled_nonzero_mask():
     image, label = make_case((30, 28, 24), LPS, seed=1)
     image[1] *= 3.0
     spacing = [1.0, 1.0, 1.5]  # canonical spacing of LPS: no resampling
-    plans = {
-        "num_channels": 2,
-        "target_spacing": spacing,
-        "label_interpolation": "linear",
-        "normalization": [{"scheme": "zscore", "clip": None, "mean": None, "std": None}] * 2,
-    }
+    plans = array_plans(2, spacing)
     data, _, props = preprocess_arrays(image, LPS, plans, label)
     canonical = np.stack(
         [np.asarray(nib.as_closest_canonical(nib.Nifti1Image(image[c], LPS)).dataobj) for c in range(2)]
@@ -204,8 +213,7 @@ def test_mri_channels_are_z_scored_over_the_filled_nonzero_mask():
         assert np.all(data[c][~mask] == 0)
         assert abs(data[c][mask].mean()) < 1e-5 and abs(data[c][mask].std() - 1) < 1e-5
 
-    plans["target_spacing"] = [0.8, 0.8, 0.8]
-    data, _, props = preprocess_arrays(image, LPS, plans, label)
+    data, _, props = preprocess_arrays(image, LPS, array_plans(2, [0.8, 0.8, 0.8]), label)
     inside = np.any(data != 0, axis=0)
     for c in range(2):
         assert abs(data[c][inside].mean()) < 1e-4 and abs(data[c][inside].std() - 1) < 1e-4
@@ -233,7 +241,7 @@ def test_ct_uses_dataset_foreground_statistics(tmp_path):
     dataset = write_task(tmp_path / "task", cases, modalities=("CT",))
     plans = plans_for(dataset, spacing=[0.9, 1.1, 1.2], ct_clip_percentiles=[5.0, 95.0])
     fg = np.concatenate([c[1][0][c[2] > 0] for c in cases]).astype(np.float64)
-    entry = plans["normalization"][0]
+    entry = plans.normalization[0]
     assert entry["scheme"] == "ct"
     np.testing.assert_allclose(entry["clip"], np.percentile(fg, [5.0, 95.0]), rtol=1e-6)
     np.testing.assert_allclose([entry["mean"], entry["std"]], [fg.mean(), fg.std()], rtol=1e-6)
@@ -256,21 +264,22 @@ def test_plans_and_properties_are_json(tmp_path):
     cases = [(f"c{i}", *make_case((30 + 4 * i, 28, 24), PERMUTED, seed=i), PERMUTED) for i in range(3)]
     dataset = write_task(tmp_path / "task", cases)
     plans = plans_for(dataset, spacing=[2.0, 2.0, 2.0], plan={"patch_size": [64, 16, 160]})
-    assert json.loads(json.dumps(plans)) == plans
-    assert plans["labels"] == {"0": "background", "1": "a", "2": "b", "3": "c"}
-    assert plans["normalization"] == [{"scheme": "zscore", "clip": None, "mean": None, "std": None}] * 2
-    assert plans["version"] == 1 and plans["num_channels"] == 2 and plans["target_spacing"] == [2.0, 2.0, 2.0]
+    data = plans.to_dict()
+    assert json.loads(json.dumps(data)) == data and Plans.from_dict(data, "x") == plans
+    assert data["labels"] == {"0": "background", "1": "a", "2": "b", "3": "c"}
+    assert plans.labels == LABELS and plans.label_values == [0, 1, 2, 3] and plans.num_classes == 4
+    assert data["normalization"] == [{"scheme": "zscore", "clip": None, "mean": None, "std": None}] * 2
+    assert data["version"] == PLANS_VERSION == 2 and plans.num_channels == 2 and data["target_spacing"] == [2.0] * 3
+    assert plans.case_ids == ("c0", "c1", "c2") and plans.fingerprint == plans.provenance.fingerprint
     shapes = [preprocess_case(c, plans, tmp_path / "pre")["resampled_shape"] for c in dataset.cases]
-    assert plans["median_shape"] == np.median(np.array(shapes), axis=0).tolist()
-    assert plans["patch_size"] == fit_patch_size([64, 16, 160], plans["median_shape"])
+    assert list(plans.median_shape) == np.median(np.array(shapes), axis=0).tolist()
+    assert list(plans.patch_size) == fit_patch_size([64, 16, 160], plans.median_shape)
     props = read_json(tmp_path / "pre" / "c1.json")
-    assert props == load_preprocessed(tmp_path / "pre", "c1").properties
+    assert props == load_preprocessed(tmp_path / "pre", "c1", plans=plans).properties
     assert json.loads(json.dumps(props)) == props and props["case_id"] == "c1"
-    assert plans_for(dataset, plan={"patch_size": [64, 16, 160], "fit_to_median_shape": False})["patch_size"] == [
-        64,
-        16,
-        160,
-    ]
+    assert props["plans_fingerprint"] == plans.fingerprint
+    unfitted = plans_for(dataset, plan={"patch_size": [64, 16, 160], "fit_to_median_shape": False})
+    assert unfitted.patch_size == (64, 16, 160)
 
 
 def test_patch_size_fits_the_median_shape():
@@ -283,10 +292,11 @@ def test_dataset_outputs_foreground_samples_and_plans_last(tmp_path):
     cases = [(f"c{i}", *make_case((30, 26, 22), LPS, seed=i, radius=5.0), LPS) for i in range(3)]
     cases[2][2][cases[2][2] == 3] = 0
     dataset = write_task(tmp_path / "task", cases)
-    plans = plans_for(dataset, foreground_samples=40)
+    settings = settings_for(foreground_samples=40)
     out = tmp_path / "pre"
-    preprocess_dataset(dataset, plans, out, threads=2, progress=False)
-    assert read_json(out / PLANS_FILE) == plans
+    run = preprocess_dataset(dataset, *settings, out, threads=2, progress=False)
+    assert run.plans == make_plans(dataset, *settings) and run.written == ("c0", "c1", "c2") and run.kept == ()
+    assert read_json(out / PLANS_FILE) == run.plans.to_dict()
     first = {}
     for case_id in dataset.case_ids:
         case = load_preprocessed(out, case_id)
@@ -299,10 +309,15 @@ def test_dataset_outputs_foreground_samples_and_plans_last(tmp_path):
             assert len(np.unique(coords, axis=0)) == len(coords)
         first[case_id] = case.foreground
     assert first["c2"][3].shape == (0, 3)
-    preprocess_dataset(dataset, plans, out, case_ids=["c1"], progress=False)
+
+    (out / "c1.json").unlink()  # c1 incomplete: a rerun redoes it alone, sampling the same voxels
+    again = preprocess_dataset(dataset, *settings, out, case_ids=["c1"], progress=False)
+    assert again.written == ("c1",) and again.kept == ()
     for value, coords in load_preprocessed(out, "c1").foreground.items():
         np.testing.assert_array_equal(coords, first["c1"][value])
+    assert preprocess_dataset(dataset, *settings, out, progress=False).kept == ("c0", "c1", "c2")
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".pre.lock", "pre", "task"]
 
 
 def test_a_failing_case_leaves_no_outputs(tmp_path, monkeypatch):
@@ -310,18 +325,16 @@ def test_a_failing_case_leaves_no_outputs(tmp_path, monkeypatch):
     dataset = write_task(tmp_path / "task", cases)
     plans = plans_for(dataset)
     out = tmp_path / "pre"
-    preprocess_dataset(dataset, plans, out, progress=False)
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        [PLANS_FILE] + [f"c{i}{s}" for i in range(2) for s in (".npy", "_seg.npy", "_fg.npz", ".json")]
-    )
+    preprocess_case(dataset.case("c0"), plans, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"c0{s}" for s in (".npy", "_seg.npy", "_fg.npz", ".json"))
 
     def broken(path, obj, *args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(pp, "write_json", broken)
+    monkeypatch.setattr(store, "write_json", broken)
     with pytest.raises(OSError, match="disk full"):
-        preprocess_dataset(dataset, plans, out, case_ids=["c0"], progress=False)
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"c1{s}" for s in (".npy", "_seg.npy", "_fg.npz", ".json"))
+        preprocess_case(dataset.case("c0"), plans, out)
+    assert list(out.iterdir()) == []
 
     monkeypatch.undo()
     calls = []
@@ -332,7 +345,7 @@ def test_a_failing_case_leaves_no_outputs(tmp_path, monkeypatch):
             raise OSError("disk full")
         return save_npy(path, array)
 
-    monkeypatch.setattr(pp, "save_npy", fail_on_label)
+    monkeypatch.setattr(store, "save_npy", fail_on_label)
     with pytest.raises(OSError):
         preprocess_case(dataset.case("c1"), plans, out)
     assert len(calls) == 2
@@ -344,6 +357,7 @@ def test_load_preprocessed_refuses_missing_or_inconsistent_files(tmp_path):
     plans = plans_for(dataset)
     out = tmp_path / "pre"
     preprocess_case(dataset.cases[0], plans, out)
+    save_plans(out, plans)
 
     def refused(match):
         with pytest.raises(DatasetError, match=match) as info:
@@ -372,8 +386,9 @@ def test_load_preprocessed_refuses_missing_or_inconsistent_files(tmp_path):
 def test_case_files_that_do_not_fit_are_refused(tmp_path):
     image, label = make_case((20, 20, 20), RAS, radius=4.0)
     dataset = write_task(tmp_path / "task", [("c0", image, label[:, :, :-1], RAS)])
+    plans = plans_for(dataset)
     with pytest.raises(DatasetError, match=r"c0.nii.gz: shape \(20, 20, 19\) differs"):
-        preprocess_case(dataset.cases[0], {"num_channels": 2}, tmp_path / "pre")
+        preprocess_case(dataset.cases[0], plans, tmp_path / "pre")
     with pytest.raises(DatasetError, match="imagesTr/c0.nii.gz: has 2 channels, the dataset declares 3"):
-        preprocess_case(dataset.cases[0], {"num_channels": 3}, tmp_path / "pre")
+        preprocess_case(dataset.cases[0], dataclasses.replace(plans, num_channels=3), tmp_path / "pre")
     assert not (tmp_path / "pre").exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scnas.config import stage_from_dict
+from scnas.config import task_settings
 from scnas.errors import ScnasError
 from scnas.io import read_json
 from scnas.launch import Job, run_job
@@ -59,7 +59,7 @@ def default_partition() -> tuple[str, int, int]:
 
 
 def launcher(train: dict | None = None, **default):
-    return stage_from_dict(
+    return task_settings(
         {
             "launcher": {
                 "executor": "slurm",
@@ -249,10 +249,10 @@ def test_fake_gpus_give_each_rank_its_own_device(tmp_path, job_name):
 RUN_JOB = """
 import json, sys
 from pathlib import Path
-from scnas.config import stage_from_dict
+from scnas.config import task_settings
 from scnas.launch import Job, run_job
 spec = json.loads(sys.argv[1])
-lc = stage_from_dict({"launcher": spec["launcher"]}).launcher
+lc = task_settings({"launcher": spec["launcher"]}).launcher
 job = Job(name=spec["name"], target=spec["target"], kwargs=spec["kwargs"], resources=lc.resources("train"),
           log_dir=Path(spec["log_dir"]))
 print(json.dumps(run_job(job, lc)))

@@ -20,7 +20,7 @@ import yaml
 from conftest import BIN, REPO, cli_env
 from test_slurm_cluster import NO_SLURM, cancel_leftovers, job_ids
 
-from scnas.config import dataclass_to_dict, stage_from_dict
+from scnas.config import dataclass_to_dict, task_settings
 from scnas.launch import Job, run_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(NO_SLURM is not None, reason=NO_SLURM or "")]
@@ -47,7 +47,7 @@ def _wait(predicate, timeout: float, what: str) -> None:
 @pytest.mark.timeout(400)
 def test_preempted_training_job_resumes_and_ends_like_an_uninterrupted_run(tiny_task, tmp_path):
     name = f"scnas-preempt-{uuid.uuid4().hex[:6]}"
-    stage = stage_from_dict(
+    stage = task_settings(
         {
             "seed": 2,
             "train": {
@@ -65,7 +65,7 @@ def test_preempted_training_job_resumes_and_ends_like_an_uninterrupted_run(tiny_
         "splits": str(tiny_task["splits"]),
         "fold": 3,
         "model": "uresnet",
-        "stage": dataclass_to_dict(stage),
+        "settings": dataclass_to_dict(stage),
     }
     reference = tmp_path / "reference"
     run_job(

@@ -165,3 +165,40 @@ def test_errors_name_the_file(tmp_path):
         cv_table({(HEART, "scnas"): [bad]}, LABELS)
     with pytest.raises(ScnasError, match="Task09_Spleen"):
         cv_table({("Task09_Spleen", "scnas"): [bad]}, LABELS)
+    text = tmp_path / "text.csv"
+    pd.DataFrame({"case": ["a"], "label": ["one"], "dice": [0.5]}).to_csv(text, index=False)
+    with pytest.raises(ScnasError, match="text.csv: column 'label' must hold whole numbers"):
+        cv_table({(HEART, "scnas"): [text]}, LABELS)
+
+
+def finished(results, task, model, fold, rows):
+    """A fold's metrics.csv with the summary.json an evaluation writes beside it (holding its SHA-256)."""
+    import hashlib
+    import json
+
+    path = write_metrics(results / task / model / f"fold_{fold}" / "metrics.csv", rows)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    path.with_name("summary.json").write_text(json.dumps({"metrics_sha256": digest}))
+    return path
+
+
+def test_study_reads_only_finished_evaluations(tmp_path, caplog):
+    from scnas.evaluation.study import find_metrics, parse_metrics_paths
+
+    done = finished(tmp_path, HEART, "uresnet", 0, [("h1", 1, 0.9)])
+    unfinished = write_metrics(tmp_path / HEART / "uresnet" / "fold_1" / "metrics.csv", [("h2", 1, 0.8)])
+    rewritten = finished(tmp_path, HEART, "scnas", 0, [("h1", 1, 0.9)])
+    write_metrics(rewritten, [("h1", 1, 0.1)])
+
+    assert parse_metrics_paths([done]) == {(HEART, "uresnet"): [done]}
+    for path, why in ((unfinished, "no summary.json"), (rewritten, "its summary.json was written for other metrics")):
+        with pytest.raises(ScnasError) as info:
+            parse_metrics_paths([done, path])
+        assert str(info.value).startswith(f"{path}: incomplete evaluation: {why}")
+
+    with caplog.at_level("WARNING", logger="scnas.evaluation.study"):
+        assert find_metrics(tmp_path) == {(HEART, "uresnet"): [done]}
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 2 and any(str(unfinished) in w for w in warned) and any(str(rewritten) in w for w in warned)
+    with pytest.raises(ScnasError, match="no finished"):
+        find_metrics(tmp_path, models=["scnas"])

@@ -15,16 +15,16 @@ import pytest
 import torch
 from conftest import NO_AUG, cli_env
 
-from scnas.config import stage_from_dict
-from scnas.data.preprocess import load_preprocessed
+from scnas.config import task_settings
 from scnas.data.sampler import PatchSampler
+from scnas.data.store import load_preprocessed
 from scnas.train.checkpoint import load_checkpoint
-from scnas.train.retrain import RetrainRequest, retrain
 from scnas.train.search import SearchRequest, search, temperature
+from scnas.train.training import TrainRequest, train
 
 
 def _stage(**train):
-    return stage_from_dict(
+    return task_settings(
         {"train": {"batch_size": 2, "uresnet_channels": 4, "lr": 1e-3, "amp": False, "augmentation": NO_AUG, **train}}
     )
 
@@ -69,8 +69,8 @@ def test_global_batch_is_sliced_across_ranks(tiny_task):
 
 def test_training_lowers_the_loss_and_writes_a_final_model(tiny_task, tmp_path):
     out = tmp_path / "uresnet" / "fold_0"
-    retrain(
-        RetrainRequest(
+    train(
+        TrainRequest(
             tiny_task["pre"],
             tiny_task["splits"],
             0,
@@ -90,8 +90,8 @@ def test_training_lowers_the_loss_and_writes_a_final_model(tiny_task, tmp_path):
 
 def test_lr_drops_on_plateau_and_training_stops_below_min_lr(tiny_task, tmp_path):
     out = tmp_path / "run"
-    retrain(
-        RetrainRequest(
+    train(
+        TrainRequest(
             tiny_task["pre"],
             tiny_task["splits"],
             1,
@@ -167,31 +167,8 @@ def test_resume_after_sigkill_gives_the_same_weights(tiny_task, tmp_path):
     assert _log(straight / "training_log.csv")[-1]["train_loss"] == _log(killed / "training_log.csv")[-1]["train_loss"]
 
 
-def test_resume_refuses_a_checkpoint_of_another_model(tiny_task, tmp_path):
-    out = tmp_path / "fold"
-    retrain(
-        RetrainRequest(
-            tiny_task["pre"], tiny_task["splits"], 0, out, "uresnet", _stage(max_epochs=1, iterations_per_epoch=1)
-        )
-    )
-    (out / "checkpoint_final.pt").unlink()
-    from scnas.errors import ScnasError
-
-    with pytest.raises(ScnasError, match="another model or config"):
-        retrain(
-            RetrainRequest(
-                tiny_task["pre"],
-                tiny_task["splits"],
-                0,
-                out,
-                "uresnet",
-                stage_from_dict({"train": {"uresnet_channels": 8, "max_epochs": 2}}),
-            )
-        )
-
-
 def test_temperature_anneals_from_start_to_end():
-    cfg = stage_from_dict({"search": {"epochs": 5, "tau": {"start": 4.0, "end": 0.25}}}).search
+    cfg = task_settings({"search": {"epochs": 5, "tau": {"start": 4.0, "end": 0.25}}}).search
     taus = [temperature(cfg, e) for e in range(5)]
     assert taus[0] == pytest.approx(4.0) and taus[-1] == pytest.approx(0.25)
     assert all(b < a for a, b in zip(taus, taus[1:]))
@@ -199,7 +176,7 @@ def test_temperature_anneals_from_start_to_end():
 
 
 def test_search_moves_alpha_lowers_the_architecture_loss_and_writes_a_genotype(tiny_task, tmp_path):
-    stage = stage_from_dict(
+    stage = task_settings(
         {
             "search": {
                 "stem_channels": 8,
@@ -229,3 +206,10 @@ def test_search_moves_alpha_lowers_the_architecture_loss_and_writes_a_genotype(t
     assert genotype["format"] == "scnas-genotype" and genotype["source"]["fold"] == 0
     split = json.loads((out / "search_split.json").read_text())
     assert not set(split["weight_cases"]) & set(split["arch_cases"])
+    summary = json.loads((out / "search_summary.json").read_text())
+    assert summary["epochs"] == 6 and summary["weight_steps"] == summary["alpha_steps"] == 36
+    assert set(summary["final"]) == set(history[-1]["softmax_alpha"])
+    assert 0 < summary["final"]["encoder_normal"]["entropy"] < np.log(8)
+    genotypes = [r["genotype"] for r in rows]
+    assert summary["converged"] == (genotypes[-1] == genotypes[-2])
+    assert history[0]["diagnostics"]["encoder_normal"]["argmax_changes"] == 0

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scnas.models.uresnet import AttentionGate, UResNet
+from scnas.models.uresnet import AttentionGate, DecoderLevel, Downsample, ResidualBlock, UResNet
 
 
 @pytest.mark.parametrize(
@@ -28,11 +28,38 @@ def test_output_shape_matches_input_for_any_size(size, batch, channels, classes)
 
 def test_widths_start_at_32_and_double_three_times():
     model = UResNet(4, 4)
-    widths = [stage[0][0].out_channels for stage in model.encoder]
-    assert widths == [32, 64, 128, 256]
-    assert [stage[0][0].stride for stage in model.encoder] == [(1, 1, 1)] + [(2, 2, 2)] * 3
+    assert model.stem[0].out_channels == 32
+    downs = [stage[0].conv[0] for stage in model.encoder]
+    assert [conv.out_channels for conv in downs] == [64, 128, 256]
+    assert [(conv.kernel_size, conv.stride) for conv in downs] == [((2, 2, 2), (2, 2, 2))] * 3
+    assert [type(level.block) for level in model.decoder] == [torch.nn.Identity] + [ResidualBlock] * 2
     assert torch.nn.InstanceNorm3d in {type(m) for m in model.modules()}
     assert torch.nn.LeakyReLU in {type(m) for m in model.modules()}
+
+
+@pytest.mark.parametrize("size", [(8, 9, 10), (7, 7, 7), (16, 5, 2)])
+def test_downsampling_pads_odd_axes_at_the_far_end(size):
+    torch.manual_seed(8)
+    down = Downsample(3, 5).eval()
+    x = torch.randn(1, 3, *size)
+    padded = torch.zeros(1, 3, *(n + n % 2 for n in size))
+    padded[:, :, : size[0], : size[1], : size[2]] = x
+    conv, norm = down.conv[0], down.conv[1]
+    expected = F.leaky_relu(norm(F.conv3d(padded, conv.weight, stride=2)), 0.01)
+    out = down(x)
+    assert out.shape[2:] == tuple(-(-n // 2) for n in size)
+    torch.testing.assert_close(out, expected)
+
+
+def test_decoder_adds_the_gated_skip_to_the_cropped_up_convolution():
+    torch.manual_seed(9)
+    level = DecoderLevel(4, residual=False).eval()
+    g, skip = torch.randn(1, 8, 3, 4, 5), torch.randn(1, 4, 5, 8, 9)
+    with torch.no_grad():
+        up = level.up(g)
+        assert up.shape[2:] == (6, 8, 10)
+        expected = up[:, :, :5, :8, :9] + skip * level.gate.coefficients(skip, g)
+        torch.testing.assert_close(level(g, skip), expected)
 
 
 def test_attention_coefficients_lie_in_open_unit_interval_and_scale_the_skip():

@@ -91,3 +91,33 @@ def test_tiny_study_runs_end_to_end_and_one_fold_reruns_alone(tiny_study):
     assert "fold=2" in dry.stdout and "fold=1" not in dry.stdout
     assert counts.get("preprocess", 0) == 0 and counts.get("search", 0) == 0
     assert counts["cv_table"] == counts["cv_table_task"] == 1
+
+
+def test_a_config_error_is_one_line_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  min_lr: 0.5\n")
+    result = snakemake("-n", "--cores", "1", "--configfiles", "config.yaml", str(bad))
+    assert result.returncode != 0
+    output = (result.stdout + result.stderr).strip().splitlines()
+    assert output[-1].startswith("scnas: error in the Snakemake config: config key train.min_lr:"), output[-3:]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_after_a_finished_study_a_rerun_fold_trains_afresh_and_a_changed_setting_changes_the_table(tiny_study):
+    root, args = tiny_study
+    res = root / "results"
+    assert (res / "cv_table.md").exists(), "runs after test_tiny_study_runs_end_to_end_and_one_fold_reruns_alone"
+    result = snakemake(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    log = (res / "Tiny" / "logs" / "train_uresnet_fold_2.log").read_text()
+    assert "epoch 1/1" in log and "resuming" not in log
+    for fold in range(5):
+        assert not (res / "Tiny" / "uresnet" / f"fold_{fold}" / "checkpoint_latest.pt").exists()
+
+    before = (res / "cv_table.csv").read_text()
+    changed = root / "changed.yaml"
+    changed.write_text(yaml.safe_dump({"train": {"lr": 3e-2}}))
+    result = snakemake(*args, str(changed))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "epoch 1/1" in (res / "Tiny" / "logs" / "train_uresnet_fold_0.log").read_text()
+    assert (res / "cv_table.csv").read_text() != before

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from scnas.errors import DatasetError
+from scnas.errors import DatasetError, os_error_cause
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -30,15 +30,27 @@ def case_id_from_path(path: str) -> str:
 
 
 def resolve_inside(root: Path, relative: str, what: str) -> Path:
-    """`relative` resolved against `root`; refuses paths that leave the dataset folder."""
+    """`relative` resolved against `root`; refuses paths that leave the dataset folder, and paths the
+    file system cannot look up (a NUL byte, a name too long, a symlink loop)."""
+    where = root / "dataset.json"
     if not isinstance(relative, str) or not relative:
-        raise DatasetError(f"{root / 'dataset.json'}: {what}: path must be a non-empty string")
+        raise DatasetError(f"{where}: {what}: path must be a non-empty string")
+    if "\0" in relative:
+        raise DatasetError(f"{where}: {what}: path {relative!r} holds a NUL byte")
     candidate = Path(relative)
     full = candidate if candidate.is_absolute() else root / candidate
-    real_root = root.resolve()
-    real = full.resolve()
+    try:
+        real_root, real = root.resolve(), full.resolve()
+        os.stat(full)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # a missing file is for the checks to report, case by case
+    except RuntimeError:
+        raise DatasetError(f"{where}: {what}: path {relative!r} is a symlink loop") from None
+    except OSError as e:
+        shown = repr(relative) if len(relative) <= 100 else f"{relative[:60]!r}... ({len(relative)} characters)"
+        raise DatasetError(f"{where}: {what}: path {shown}: {os_error_cause(e)}") from None
     if real != real_root and real_root not in real.parents:
-        raise DatasetError(f"{root / 'dataset.json'}: {what}: path {relative!r} leaves the dataset folder")
+        raise DatasetError(f"{where}: {what}: path {relative!r} leaves the dataset folder")
     return full
 
 
@@ -72,6 +84,8 @@ def read_header(path: Path) -> ImageHeader:
     try:
         img = nib.load(str(path))
     except Exception as e:  # nibabel raises many types for a damaged file
+        if isinstance(e, OSError) and e.errno is not None:
+            raise DatasetError(f"{path}: cannot read ({os_error_cause(e)})") from None
         raise DatasetError(f"{path}: not a readable NIfTI file ({_short(e)})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise DatasetError(f"{path}: not a NIfTI file ({type(img).__name__})")
@@ -159,8 +173,10 @@ def read_dataset_json(root: Path) -> dict[str, Any]:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: cannot read ({_short(e)})") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read ({os_error_cause(e)})") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text ({_short(e)})") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: must hold a JSON object")
     return data

@@ -1,24 +1,226 @@
-"""Task plans: the dataset fingerprint (shapes after crop and resampling, CT foreground intensities) and
-the settings that preprocessing, training and inference share, as one JSON-able dict (nnU-Net's plans)."""
+"""Task plans (nnU-Net's plans): the dataset fingerprint (shapes after crop and resampling, CT foreground
+intensities) and the settings that preprocessing, training and inference share, as one typed, versioned
+object stored as PREPROCESSED/plans.json. Its provenance records exactly what produced it."""
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass
 from functools import partial
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from scnas.config import PlanConfig, PreprocessConfig
+from scnas.config import PlanConfig, PreprocessConfig, dataclass_to_dict
 from scnas.data.dataset import Case, Dataset
 from scnas.data.normalize import ct_statistics, zscore_entry
-from scnas.data.preprocess import canonical_geometry, case_rng, load_case_arrays, map_cases, nonzero_bbox, to_canonical
+from scnas.data.pool import map_cases
 from scnas.data.resample import target_shape
-from scnas.errors import DatasetError
+from scnas.data.transforms import canonical_geometry, case_rng, load_case_arrays, nonzero_bbox, to_canonical
+from scnas.errors import DatasetError, ScnasError
+from scnas.fingerprint import Provenance
+from scnas.io import read_json, write_json
 
-PLANS_VERSION = 1
+PLANS_FILE = "plans.json"
+PLANS_VERSION = 2
 INTENSITY_SAMPLES = 100_000
 """Foreground voxels sampled per case for the CT intensity statistics."""
+
+
+@dataclass(frozen=True)
+class Plans:
+    """The plans of one preprocessed task; `provenance` holds the settings and dataset that made them."""
+
+    dataset: str
+    modalities: tuple[str, ...]
+    labels: dict[int, str]
+    num_channels: int
+    target_spacing: tuple[float, float, float]
+    label_interpolation: str
+    foreground_samples: int
+    ct_clip_percentiles: tuple[float, float]
+    normalization: tuple[dict, ...]
+    median_shape: tuple[float, float, float]
+    patch_size: tuple[int, int, int]
+    case_ids: tuple[str, ...]
+    provenance: Provenance
+
+    @property
+    def fingerprint(self) -> str:
+        return self.provenance.fingerprint
+
+    @property
+    def label_values(self) -> list[int]:
+        return sorted(self.labels)
+
+    @property
+    def foreground_labels(self) -> list[int]:
+        return [v for v in self.label_values if v != 0]
+
+    @property
+    def num_classes(self) -> int:
+        """K for labels 0..K-1; other label values are refused (the network's outputs are 0..K-1)."""
+        values = self.label_values
+        if values != list(range(len(values))):
+            raise DatasetError(
+                f"plans of {self.dataset}: label values {values} are not 0..{len(values) - 1}; "
+                "renumber the labels in dataset.json"
+            )
+        return len(values)
+
+    def to_dict(self) -> dict:
+        """The JSON form written to plans.json and stored in checkpoints."""
+        return {
+            "version": PLANS_VERSION,
+            "dataset": self.dataset,
+            "modalities": list(self.modalities),
+            "labels": {str(k): self.labels[k] for k in sorted(self.labels)},
+            "num_channels": self.num_channels,
+            "target_spacing": list(self.target_spacing),
+            "label_interpolation": self.label_interpolation,
+            "foreground_samples": self.foreground_samples,
+            "ct_clip_percentiles": list(self.ct_clip_percentiles),
+            "normalization": [dict(entry) for entry in self.normalization],
+            "median_shape": list(self.median_shape),
+            "patch_size": list(self.patch_size),
+            "case_ids": list(self.case_ids),
+            "provenance": self.provenance.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> Plans:
+        """Plans from their JSON form; another version or a missing or mistyped key is refused in one
+        line naming `source`."""
+        if not isinstance(data, Mapping):
+            raise DatasetError(f"{source}: plans must be a JSON object, not {type(data).__name__}")
+        version = data.get("version")
+        if version != PLANS_VERSION:
+            raise DatasetError(
+                f"{source}: plans version {version!r}, this SCNAS reads version {PLANS_VERSION}; "
+                "rerun `scnas preprocess`"
+            )
+        values = {}
+        for key, parse in _PARSERS.items():
+            if key not in data:
+                raise DatasetError(f"{source}: plans key {key!r} is missing")
+            try:
+                values[key] = parse(data[key])
+            except (TypeError, ValueError) as e:
+                raise DatasetError(f"{source}: plans key {key!r} {e}") from None
+        try:
+            provenance = Provenance.from_dict(data.get("provenance"), source)
+        except ScnasError as e:
+            raise DatasetError(str(e)) from None
+        return cls(**values, provenance=provenance)
+
+
+def _typed(kind: type | tuple[type, ...], name: str) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise TypeError(f"must be {name}, got {json.dumps(value)[:60]}")
+        return value
+
+    return parse
+
+
+def _sequence(item: Callable[[Any], Any], name: str, length: int | None = None) -> Callable[[Any], tuple]:
+    def parse(value: Any) -> tuple:
+        if not isinstance(value, list) or (length is not None and len(value) != length):
+            size = f"{length} " if length is not None else ""
+            raise TypeError(f"must be a list of {size}{name}, got {json.dumps(value)[:60]}")
+        out = []
+        for i, v in enumerate(value):
+            try:
+                out.append(item(v))
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"entry {i}: {e}") from None
+        return tuple(out)
+
+    return parse
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {json.dumps(value)[:60]}")
+        return value
+
+    return parse
+
+
+def _labels(value: Any) -> dict[int, str]:
+    pairs = value.items() if isinstance(value, dict) else ()
+    if not pairs or not all(k.isdigit() and isinstance(v, str) for k, v in pairs):
+        raise TypeError('must map label values to names, like {"0": "background"}')
+    return {int(k): v for k, v in value.items()}
+
+
+def _normalization(entry: Any) -> dict:
+    if not isinstance(entry, dict) or set(entry) != NORMALIZATION_KEYS or entry["scheme"] not in ("ct", "zscore"):
+        raise TypeError('must be {"scheme": "ct" or "zscore", "clip": ..., "mean": ..., "std": ...}')
+    return dict(entry)
+
+
+NORMALIZATION_KEYS = {"scheme", "clip", "mean", "std"}
+_NUMBER = _typed((int, float), "a number")
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "dataset": _typed(str, "a string"),
+    "modalities": _sequence(_typed(str, "a string"), "strings"),
+    "labels": _labels,
+    "num_channels": _typed(int, "an integer"),
+    "target_spacing": _sequence(lambda v: float(_NUMBER(v)), "numbers", 3),
+    "label_interpolation": _choice("linear", "nearest"),
+    "foreground_samples": _typed(int, "an integer"),
+    "ct_clip_percentiles": _sequence(lambda v: float(_NUMBER(v)), "numbers", 2),
+    "normalization": _sequence(_normalization, "normalisation entries"),
+    "median_shape": _sequence(lambda v: float(_NUMBER(v)), "numbers", 3),
+    "patch_size": _sequence(_typed(int, "an integer"), "integers", 3),
+    "case_ids": _sequence(_typed(str, "a string"), "case ids"),
+}
+
+
+def load_plans(folder: str | Path) -> Plans:
+    """The plans of a preprocessed folder; refuses a missing, unreadable or foreign plans.json in one line."""
+    path = Path(folder) / PLANS_FILE
+    if not path.is_file():
+        raise DatasetError(
+            f"{path}: not found ({folder} is not a `scnas preprocess` output, or the run did not finish)"
+        )
+    try:
+        data = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path}: not readable JSON ({type(e).__name__})") from None
+    return Plans.from_dict(data, str(path))
+
+
+def save_plans(folder: str | Path, plans: Plans, name: str = PLANS_FILE) -> Path:
+    """Write the plans atomically into `folder` (as plans.json unless `name` says otherwise)."""
+    path = Path(folder) / name
+    write_json(path, plans.to_dict())
+    return path
+
+
+def plans_provenance(
+    dataset: Dataset, preprocess: PreprocessConfig, plan: PlanConfig, case_ids: Sequence[str] | None = None
+) -> Provenance:
+    """What plans of `dataset` from these settings depend on: the preprocess settings (threads never
+    change results), the plan settings and the dataset's identity. Known before any image is read."""
+    settings = dataclass_to_dict(preprocess)
+    settings.pop("threads", None)
+    return Provenance.of(
+        {
+            "preprocess": settings,
+            "plan": dataclass_to_dict(plan),
+            "dataset": {
+                "name": dataset.name,
+                "case_ids": list(case_ids) if case_ids is not None else list(dataset.case_ids),
+                "labels": {str(k): dataset.labels[k] for k in sorted(dataset.labels)},
+                "modalities": list(dataset.modalities),
+            },
+        }
+    )
 
 
 def make_plans(
@@ -27,7 +229,7 @@ def make_plans(
     plan: PlanConfig,
     case_ids: Sequence[str] | None = None,
     threads: int = 1,
-) -> dict:
+) -> Plans:
     """Plans of `dataset` from the fingerprint of the given (training) cases, all cases by default."""
     ids = list(case_ids) if case_ids is not None else list(dataset.case_ids)
     if not ids:
@@ -35,11 +237,16 @@ def make_plans(
     cases = [dataset.case(c) for c in ids]
     ct_channels = [c for c in range(dataset.num_channels) if dataset.is_ct(c)]
     fingerprints = map_cases(
-        partial(_fingerprint, num_channels=dataset.num_channels, target=preprocess.spacing, ct_channels=ct_channels),
+        partial(
+            _shape_and_intensities,
+            num_channels=dataset.num_channels,
+            target=preprocess.spacing,
+            ct_channels=ct_channels,
+        ),
         cases,
         threads,
     )
-    median_shape = [float(m) for m in np.median(np.array([shape for shape, _ in fingerprints]), axis=0)]
+    median_shape = tuple(float(m) for m in np.median(np.array([shape for shape, _ in fingerprints]), axis=0))
 
     normalization = []
     for c in range(dataset.num_channels):
@@ -54,23 +261,23 @@ def make_plans(
             )
         normalization.append(ct_statistics(samples, preprocess.ct_clip_percentiles))
 
-    return {
-        "version": PLANS_VERSION,
-        "dataset": dataset.name,
-        "modalities": list(dataset.modalities),
-        "labels": {str(k): dataset.labels[k] for k in sorted(dataset.labels)},
-        "num_channels": dataset.num_channels,
-        "target_spacing": [float(s) for s in preprocess.spacing],
-        "label_interpolation": preprocess.label_interpolation,
-        "foreground_samples": int(preprocess.foreground_samples),
-        "ct_clip_percentiles": [float(p) for p in preprocess.ct_clip_percentiles],
-        "normalization": normalization,
-        "median_shape": median_shape,
-        "patch_size": fit_patch_size(plan.patch_size, median_shape)
+    return Plans(
+        dataset=dataset.name,
+        modalities=tuple(dataset.modalities),
+        labels={int(k): dataset.labels[k] for k in sorted(dataset.labels)},
+        num_channels=dataset.num_channels,
+        target_spacing=tuple(float(s) for s in preprocess.spacing),
+        label_interpolation=preprocess.label_interpolation,
+        foreground_samples=int(preprocess.foreground_samples),
+        ct_clip_percentiles=tuple(float(p) for p in preprocess.ct_clip_percentiles),
+        normalization=tuple(normalization),
+        median_shape=median_shape,
+        patch_size=tuple(fit_patch_size(plan.patch_size, median_shape))
         if plan.fit_to_median_shape
-        else [int(p) for p in plan.patch_size],
-        "case_ids": ids,
-    }
+        else tuple(int(p) for p in plan.patch_size),
+        case_ids=tuple(ids),
+        provenance=plans_provenance(dataset, preprocess, plan, ids),
+    )
 
 
 def fit_patch_size(patch_size: Sequence[int], median_shape: Sequence[float]) -> list[int]:
@@ -78,7 +285,7 @@ def fit_patch_size(patch_size: Sequence[int], median_shape: Sequence[float]) -> 
     return [int(min(p, 8 * math.ceil(m / 8))) for p, m in zip(patch_size, median_shape)]
 
 
-def _fingerprint(
+def _shape_and_intensities(
     case: Case, num_channels: int, target: Sequence[float], ct_channels: list[int]
 ) -> tuple[list[int], list[np.ndarray]]:
     """Shape of the case after crop and resampling, and sampled foreground intensities of its CT channels."""

@@ -15,7 +15,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from scnas.data.preprocess import PreprocessedCase, load_preprocessed
+from scnas.data.plans import load_plans
+from scnas.data.store import PreprocessedCase, load_preprocessed
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,10 @@ class PatchSampler:
     def from_dir(
         cls, preprocessed: Path, case_ids: Sequence[str], patch_size: Sequence[int], foreground_fraction: float
     ) -> "PatchSampler":
-        return cls([load_preprocessed(Path(preprocessed), c) for c in case_ids], patch_size, foreground_fraction)
+        """A sampler over cases of a preprocessed folder; each must have been made by the folder's plans."""
+        plans = load_plans(preprocessed)
+        cases = [load_preprocessed(Path(preprocessed), c, plans=plans) for c in case_ids]
+        return cls(cases, patch_size, foreground_fraction)
 
     def draw(self, rng: np.random.Generator) -> PatchDraw:
         """One patch location: uniform inside the case, or centred on a random voxel of a random present

@@ -14,19 +14,26 @@ Conventions, as in nnU-Net and MONAI:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from scnas.errors import ScnasError
-from scnas.io import atomic_path, write_json
+from scnas.errors import ScnasError, describe_os_error, os_error_cause
+from scnas.io import json_text, write_together
+from scnas.layout import METRICS, SUMMARY
+from scnas.locking import LOCK_NAME, folder_lock, remove_stale_temporaries
 
 _FACE_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
 AFFINE_TOLERANCE = 1e-4
+OUTPUTS = (METRICS, SUMMARY)
 
 
 class LabelMetrics(NamedTuple):
@@ -88,24 +95,36 @@ def evaluate_cases(
     out_dir: Path,
     percentile: float = 95,
     threads: int = 1,
+    provenance: dict | None = None,
 ):
-    """Metrics for each (case_id, prediction NIfTI, reference NIfTI) -> out_dir/metrics.csv + summary.json.
+    """Metrics for each (case_id, prediction NIfTI, reference NIfTI) -> out_dir/metrics.csv + summary.json
+    (which records `provenance`: what the predictions and the metrics' settings were).
 
-    Label 0 (background) is skipped, so a dataset.json label map can be passed as is. Returns the
-    per case x label table (columns: case, label, label_name, dice, hd{p}, n_pred, n_ref).
+    Label 0 (background) is skipped, so a dataset.json label map can be passed as is; a prediction
+    holding a value that `labels` (or background) does not declare is refused. The two files appear
+    together or not at all: both are removed first and written together at the end, and summary.json
+    records the SHA-256 of metrics.csv. Returns the per case x label table (columns: case, label,
+    label_name, dice, hd{p}, n_pred, n_ref).
     """
     import pandas as pd
 
+    declared = sorted({0, *(int(k) for k in labels)})
     labels = {int(k): v for k, v in labels.items() if int(k) != 0}
     if not pairs:
         raise ScnasError(f"{out_dir}: no cases to evaluate")
     if not labels:
         raise ScnasError(f"{out_dir}: no foreground labels to evaluate")
+    out_dir = Path(out_dir)
+    if out_dir.is_dir():
+        with _output_lock(out_dir):
+            remove_stale_temporaries(out_dir, OUTPUTS)
+            for name in reversed(OUTPUTS):
+                (out_dir / name).unlink(missing_ok=True)
     label_ids = list(labels)
 
     def one(pair):
         case_id, pred_path, ref_path = pair
-        return case_id, _evaluate_case(case_id, Path(pred_path), Path(ref_path), label_ids, percentile)
+        return case_id, _evaluate_case(case_id, Path(pred_path), Path(ref_path), label_ids, declared, percentile)
 
     if threads > 1:
         with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -130,11 +149,62 @@ def evaluate_cases(
     table = pd.DataFrame.from_records(
         records, columns=["case", "label", "label_name", "dice", hd_col, "n_pred", "n_ref"]
     )
-    out_dir = Path(out_dir)
-    with atomic_path(out_dir / "metrics.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    write_json(out_dir / "summary.json", summarise(table, labels, percentile))
+    csv = table.to_csv(index=False).encode()
+    summary = {**summarise(table, labels, percentile), "metrics_sha256": hashlib.sha256(csv).hexdigest()}
+    if provenance is not None:
+        summary["provenance"] = provenance
+    with _output_lock(out_dir):
+        write_together({out_dir / METRICS: csv, out_dir / SUMMARY: json_text(summary).encode()})
     return table
+
+
+def read_prediction_manifest(path: str | os.PathLike) -> list[str]:
+    """The case ids of a predictions.json written by `scnas predict` ({"cases": {id: file}}); a broken
+    manifest is one line naming it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ScnasError(f"{path}: not valid JSON ({str(e).splitlines()[0]}); rerun `scnas predict`") from None
+    except OSError as e:
+        raise ScnasError(describe_os_error(e, path)) from None
+    cases = data.get("cases") if isinstance(data, dict) else None
+    if not isinstance(cases, (dict, list)) or not cases:
+        raise ScnasError(f"{path}: must hold a non-empty 'cases' (written by `scnas predict`)")
+    for case_id in cases:
+        if not isinstance(case_id, str) or not case_id or "/" in case_id or "\0" in case_id:
+            raise ScnasError(f"{path}: 'cases' holds {case_id!r}, which is not a case id")
+    return list(cases)
+
+
+def incomplete_reason(metrics_path: str | os.PathLike) -> str | None:
+    """Why a metrics.csv is not a finished evaluation (no summary.json beside it, or one written for
+    other metrics), or None when it is."""
+    metrics_path = Path(metrics_path)
+    summary_path = metrics_path.with_name(SUMMARY)
+    if not summary_path.is_file():
+        return f"no {SUMMARY} beside it (the evaluation did not finish; rerun `scnas evaluate`)"
+    try:
+        recorded = json.loads(summary_path.read_text()).get("metrics_sha256")
+        actual = hashlib.sha256(metrics_path.read_bytes()).hexdigest()
+    except (ValueError, AttributeError):
+        return f"its {SUMMARY} is not a JSON object (rerun `scnas evaluate`)"
+    except OSError as e:
+        return f"cannot be read ({os_error_cause(e)})"
+    if recorded != actual:
+        return f"its {SUMMARY} was written for other metrics (rerun `scnas evaluate`)"
+    return None
+
+
+@contextlib.contextmanager
+def _output_lock(out_dir: Path) -> Iterator[None]:
+    """The evaluation's lock on out_dir; a disk that cannot take the lock file is one line naming it."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(folder_lock(out_dir, "evaluation"))
+        except OSError as e:
+            raise ScnasError(describe_os_error(e, e.filename or out_dir / LOCK_NAME)) from None
+        yield
 
 
 def summarise(table, labels: dict[int, str], percentile: float = 95) -> dict:
@@ -170,11 +240,18 @@ def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
 
 
 def _evaluate_case(
-    case_id: str, pred_path: Path, ref_path: Path, labels: list[int], percentile: float
+    case_id: str, pred_path: Path, ref_path: Path, labels: list[int], declared: list[int], percentile: float
 ) -> list[LabelMetrics]:
     from scnas.data.nifti import load_label
 
     prediction, pred_affine = load_label(pred_path)
+    undeclared = sorted(set(np.unique(prediction).tolist()) - set(declared))
+    if undeclared:
+        shown = ", ".join(map(str, undeclared[:10])) + (", ..." if len(undeclared) > 10 else "")
+        raise ScnasError(
+            f"{pred_path}: case {case_id}: prediction holds label values [{shown}] that the dataset does not "
+            f"declare (declared: {declared})"
+        )
     reference, ref_affine = load_label(ref_path)
     if prediction.shape != reference.shape:
         raise ScnasError(

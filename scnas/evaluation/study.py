@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -10,22 +10,30 @@ from typing import Sequence
 import pandas as pd
 
 from scnas.errors import ScnasError
+from scnas.evaluation.metrics import incomplete_reason
 from scnas.evaluation.tables import DEFAULT_MODEL_NAMES, cv_table, write_tables
 from scnas.io import read_json
+from scnas.layout import FOLD_DIR, METRICS
 
-FOLD_DIR = re.compile(r"^fold_(\d+)$")
+log = logging.getLogger(__name__)
 Found = dict[tuple[str, str], list[Path]]
 
 
 def parse_metrics_paths(paths: Sequence[str | Path]) -> Found:
-    """Group .../TASK/MODEL/fold_K/metrics.csv files by (task, model), in the order given."""
+    """Group .../TASK/MODEL/fold_K/metrics.csv files by (task, model), in the order given.
+
+    Each must be a finished evaluation (a matching summary.json beside it), else one line naming it.
+    """
     found: Found = defaultdict(list)
     for item in paths:
         path = Path(item)
-        if path.name != "metrics.csv" or not FOLD_DIR.match(path.parent.name):
+        if path.name != METRICS or not FOLD_DIR.match(path.parent.name):
             raise ScnasError(f"{path}: expected a path like RESULTS/TASK/MODEL/fold_K/metrics.csv")
         if not path.is_file():
             raise ScnasError(f"{path}: file not found")
+        reason = incomplete_reason(path)
+        if reason:
+            raise ScnasError(f"{path}: incomplete evaluation: {reason}")
         found[(path.parent.parent.parent.name, path.parent.parent.name)].append(path)
     return dict(found)
 
@@ -36,25 +44,37 @@ def find_metrics(
     models: Sequence[str] | None = None,
     folds: Sequence[int] | None = None,
 ) -> Found:
-    """Every fold's metrics.csv under a results folder, optionally narrowed to tasks, models and folds."""
+    """Every fold's finished metrics.csv under a results folder, optionally narrowed to tasks, models and
+    folds; an unfinished one (no matching summary.json) is skipped with a warning."""
     if not results.is_dir():
         raise ScnasError(f"{results}: results folder not found")
-    paths = sorted(results.glob("*/*/fold_*/metrics.csv"))
-    keep = [
-        p
-        for p in paths
-        if (not tasks or p.parent.parent.parent.name in tasks)
-        and (not models or p.parent.parent.name in models)
-        and (not folds or int(FOLD_DIR.match(p.parent.name).group(1)) in folds)
-    ]
+    paths = sorted(results.glob(f"*/*/fold_*/{METRICS}"))
+    keep = []
+    for p in paths:
+        fold = FOLD_DIR.match(p.parent.name)
+        if (
+            not fold
+            or (tasks and p.parent.parent.parent.name not in tasks)
+            or (models and p.parent.parent.name not in models)
+            or (folds and int(fold.group(1)) not in folds)
+        ):
+            continue
+        reason = incomplete_reason(p)
+        if reason:
+            log.warning("%s: skipped, incomplete evaluation: %s", p, reason)
+            continue
+        keep.append(p)
     if not keep:
-        raise ScnasError(f"{results}: no RESULTS/TASK/MODEL/fold_K/metrics.csv found")
+        raise ScnasError(f"{results}: no finished RESULTS/TASK/MODEL/fold_K/metrics.csv found")
     return parse_metrics_paths(keep)
 
 
 def _label_names(paths: Sequence[Path]) -> dict[int, str]:
-    table = pd.read_csv(paths[0], usecols=["label", "label_name"]).drop_duplicates()
-    return {int(r.label): str(r.label_name) for r in table.itertuples()}
+    try:
+        table = pd.read_csv(paths[0], usecols=["label", "label_name"]).drop_duplicates()
+        return {int(r.label): str(r.label_name) for r in table.itertuples()}
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise ScnasError(f"{paths[0]}: not a readable metrics CSV ({str(e).splitlines()[0]})") from None
 
 
 def flops_notes(found: Found) -> list[str]:
@@ -67,10 +87,14 @@ def flops_notes(found: Found) -> list[str]:
             info = paths[0].parent / "model.json"
             if t != task or not info.exists():
                 continue
-            data = read_json(info)
-            patch = data.get("patch_size", patch)
-            stem = data["spec"].get("stem_channels") or data["spec"].get("base_channels")
-            parts.append(f"{DEFAULT_MODEL_NAMES.get(model, model)} {data['gflops']:.2f} GFLOPs (width {stem})")
+            try:
+                data = read_json(info)
+                patch = data.get("patch_size", patch)
+                stem = data["spec"].get("stem_channels") or data["spec"].get("base_channels")
+                gflops = float(data["gflops"])
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise ScnasError(f"{info}: not a readable model.json ({type(e).__name__}: {e})") from None
+            parts.append(f"{DEFAULT_MODEL_NAMES.get(model, model)} {gflops:.2f} GFLOPs (width {stem})")
         if parts:
             patch_text = "x".join(map(str, patch)) if patch else "?"
             notes.append(f"{task}: one forward pass at patch {patch_text}: " + ", ".join(parts) + ".")

@@ -119,7 +119,10 @@ def _read_metrics(path, fold: int, metric: str) -> pd.DataFrame:
     if missing:
         raise ScnasError(f"{path}: missing column(s) {', '.join(missing)}")
     frame = frame[["case", "label", metric]].copy()
-    frame["label"] = pd.to_numeric(frame["label"], errors="raise").astype(int)
+    try:
+        frame["label"] = pd.to_numeric(frame["label"], errors="raise").astype(int)
+    except (ValueError, TypeError):
+        raise ScnasError(f"{path}: column 'label' must hold whole numbers") from None
     frame[metric] = pd.to_numeric(frame[metric], errors="coerce").astype(float)
     frame["case"] = frame["case"].astype(str)
     frame["fold"] = fold

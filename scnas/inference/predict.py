@@ -7,23 +7,27 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from scnas.config import InferenceConfig
+from scnas.config import InferenceConfig, dataclass_to_dict
 from scnas.data.check import check_image
 from scnas.data.dataset import NIFTI_SUFFIXES, case_id_from_path
 from scnas.data.nifti import load_image, save_nifti
-from scnas.data.preprocess import preprocess_arrays, restore
+from scnas.data.plans import Plans
+from scnas.data.transforms import preprocess_arrays, restore
 from scnas.errors import ScnasError
+from scnas.fingerprint import Provenance
 from scnas.inference.sliding_window import sliding_window
-from scnas.io import write_json
+from scnas.io import ensure_output_dir, read_json, write_json
+from scnas.layout import MANIFEST
 from scnas.models.factory import build_model
 from scnas.train.checkpoint import load_model_checkpoint, load_weights
 from scnas.train.distributed import DistContext, init_distributed
 from scnas.train.engine import Precision, progress
+from scnas.train.loop import output_lock, reusable
 
 log = logging.getLogger("scnas.predict")
 
@@ -31,9 +35,10 @@ log = logging.getLogger("scnas.predict")
 @dataclass
 class LoadedModel:
     network: torch.nn.Module
-    plans: dict[str, Any]
-    label_values: list[int]
+    plans: Plans
     source: str
+    fingerprint: str
+    """The provenance fingerprint of the training run that made the weights."""
 
 
 def load_model(checkpoint: str | os.PathLike, device: torch.device) -> LoadedModel:
@@ -42,8 +47,8 @@ def load_model(checkpoint: str | os.PathLike, device: torch.device) -> LoadedMod
     network = build_model(state["model"])
     load_weights(network, state["state_dict"], str(checkpoint))
     network.to(device).eval()
-    labels = sorted(int(k) for k in state["plans"]["labels"])
-    return LoadedModel(network, state["plans"], labels, str(checkpoint))
+    made_by = Provenance.from_dict(state["provenance"], str(checkpoint)).fingerprint
+    return LoadedModel(network, Plans.from_dict(state["plans"], str(checkpoint)), str(checkpoint), made_by)
 
 
 def collect_images(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, Path]]:
@@ -82,14 +87,14 @@ def predict_volume(
         probs = sliding_window(
             torch.from_numpy(pre).to(device),
             predictor,
-            model.plans["patch_size"],
+            model.plans.patch_size,
             overlap=settings.overlap,
             mode=settings.mode,
             batch_size=settings.batch_size,
             mirror_axes=(0, 1, 2) if settings.mirror else (),
         )
     restored = restore(probs.float().cpu().numpy(), props, kind="probabilities")
-    return np.asarray(model.label_values, dtype=np.int16)[restored.argmax(0)]
+    return np.asarray(model.plans.label_values, dtype=np.int16)[restored.argmax(0)]
 
 
 def predict_files(
@@ -107,22 +112,41 @@ def predict_files(
     out = Path(out_dir)
     model = load_model(checkpoint, ctx.device)
     images = collect_images(inputs)
-    problems = [p for _, path in images for p in check_image(path, int(model.plans["num_channels"]))]
+    problems = [p for _, path in images for p in check_image(path, model.plans.num_channels)]
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise ScnasError(problems[0] + more)
-    mine = images[ctx.rank :: ctx.world_size]
-    written = []
-    for case_id, path in progress(mine, len(mine), "predict", ctx.is_main):
-        image, affine = load_image(path)
-        labels = predict_volume(model, image, affine, settings, ctx.device)
-        target = out / f"{case_id}.nii.gz"
-        save_nifti(target, labels, affine, like=path, dtype=np.uint8 if labels.max() < 256 else np.int16)
-        written.append(target)
-        log.info("wrote %s", target)
-    ctx.barrier()
+    provenance = Provenance.of(
+        {
+            "stage": "predict",
+            "model": model.fingerprint,
+            "inference": dataclass_to_dict(settings),
+            "images": {c: str(path) for c, path in images},
+        }
+    )
+    names = {c: f"{c}.nii.gz" for c, _ in images}
+    manifest = out / MANIFEST
     if ctx.is_main:
-        write_json(
-            out / "predictions.json", {"checkpoint": str(checkpoint), "cases": {c: f"{c}.nii.gz" for c, _ in images}}
-        )
+        ensure_output_dir(out, "predictions folder")
+    ctx.barrier()
+    with output_lock(ctx, out, "prediction", [MANIFEST, *names.values()]):
+        if manifest.is_file() and all((out / n).is_file() for n in names.values()):
+            if reusable(read_json(manifest).get("provenance"), provenance, manifest, "predicting"):
+                log.info("%s exists with identical settings: predictions already made", manifest)
+                return [out / n for n in names.values()]
+        ctx.barrier()
+        if ctx.is_main:
+            manifest.unlink(missing_ok=True)
+        mine = images[ctx.rank :: ctx.world_size]
+        written = []
+        for case_id, path in progress(mine, len(mine), "predict", ctx.is_main):
+            image, affine = load_image(path)
+            labels = predict_volume(model, image, affine, settings, ctx.device)
+            target = out / names[case_id]
+            save_nifti(target, labels, affine, like=path, dtype=np.uint8 if labels.max() < 256 else np.int16)
+            written.append(target)
+            log.info("wrote %s", target)
+        ctx.barrier()
+        if ctx.is_main:
+            write_json(manifest, {"checkpoint": str(checkpoint), "cases": names, "provenance": provenance.to_dict()})
     return written

@@ -5,12 +5,14 @@ They live in an importable module so that submitit can pickle them by reference.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from scnas.config import stage_from_dict
+from scnas.config import task_settings
+from scnas.errors import ScnasError, describe_os_error
 
 
 def _setup_logging() -> None:
@@ -24,36 +26,51 @@ def _setup_logging() -> None:
 
 
 def search_target(
-    preprocessed: str, splits: str, fold: int, out_dir: str, stage: dict, task: str = ""
+    preprocessed: str, splits: str, fold: int, out_dir: str, settings: dict, task: str = ""
 ) -> dict[str, Any]:
     from scnas.train.search import SearchRequest, search
 
     _setup_logging()
-    return search(SearchRequest(Path(preprocessed), Path(splits), fold, Path(out_dir), stage_from_dict(stage), task))
+    with _one_line_errors():
+        return search(
+            SearchRequest(Path(preprocessed), Path(splits), fold, Path(out_dir), task_settings(settings), task)
+        )
 
 
 def train_target(
-    preprocessed: str, splits: str, fold: int, out_dir: str, model: str, stage: dict, genotype: str | None = None
+    preprocessed: str, splits: str, fold: int, out_dir: str, model: str, settings: dict, genotype: str | None = None
 ) -> dict[str, Any]:
-    from scnas.train.retrain import RetrainRequest, retrain
+    from scnas.train.training import TrainRequest, train
 
     _setup_logging()
-    return retrain(
-        RetrainRequest(
-            Path(preprocessed),
-            Path(splits),
-            fold,
-            Path(out_dir),
-            model,
-            stage_from_dict(stage),
-            Path(genotype) if genotype else None,
+    with _one_line_errors():
+        return train(
+            TrainRequest(
+                Path(preprocessed),
+                Path(splits),
+                fold,
+                Path(out_dir),
+                model,
+                task_settings(settings),
+                Path(genotype) if genotype else None,
+            )
         )
-    )
 
 
-def predict_target(checkpoint: str, images: list[str], out_dir: str, stage: dict) -> dict[str, Any]:
+def predict_target(checkpoint: str, images: list[str], out_dir: str, settings: dict) -> dict[str, Any]:
     from scnas.inference.predict import predict_files
 
     _setup_logging()
-    written = predict_files(checkpoint, images, out_dir, stage_from_dict(stage).inference)
+    with _one_line_errors():
+        written = predict_files(checkpoint, images, out_dir, task_settings(settings).inference)
     return {"predictions": len(written), "out_dir": out_dir}
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """An OSError inside a job (disk full, read-only, permission) becomes the one-line ScnasError the
+    launcher reports, naming the path and the cause in words."""
+    try:
+        yield
+    except OSError as e:
+        raise ScnasError(describe_os_error(e)) from None

@@ -1,23 +1,39 @@
-"""The paper's human-designed baseline: a 3D U-ResNet with attention gates and combined segmentation maps.
+"""The paper's human-designed baseline: a 3D U-ResNet with attention gates and summed segmentation maps.
 
-Architecture (channels for base_channels=c; every convolution is followed by InstanceNorm (affine) and
-LeakyReLU(0.01) unless stated; residual blocks are post-activation: conv3-IN-LReLU-conv3-IN, plus the
-input (through a 1x1x1 conv + IN where the width changes), then LReLU, as in Yu et al. 2017):
+Architecture (widths w_l = c * 2^l for base_channels = c; every convolution is followed by InstanceNorm
+(affine) and LeakyReLU(0.01) unless stated; residual blocks are post-activation, as in Yu et al. 2017:
+conv3-IN-LReLU-conv3-IN plus the input, then LReLU):
 
-    encoder  level 0: conv3 (in -> c) + residual block (c)                   full resolution
-             level l = 1..3: conv3 stride 2 (c*2^(l-1) -> c*2^l) + residual block (c*2^l)
-    decoder  level l = 2..0, from the level-(l+1) decoder output g (the bottleneck for l = 2):
-               up   = trilinear upsampling of g to the skip's exact size, conv3 (c*2^(l+1) -> c*2^l)
-               skip = attention gate (Oktay et al. 2018) on the encoder output x of level l, gated by g:
-                      a = sigmoid(psi(relu(theta(x) + upsample(phi(g))))), skip = a * x
-                      (theta, phi: 1x1x1 convs to c*2^l / 2 channels; psi: 1x1x1 conv to one channel)
-               out  = residual block (concat(up, skip): 2*c*2^l -> c*2^l)
+    stem     level 0: conv3 (in -> c), the "first convolutional block" of the paper        full resolution
+    encoder  level l = 1..3: down = conv 2x2x2 stride 2 (w_(l-1) -> w_l), residual block (w_l)
+    decoder  level l = 2, 1, 0, from the level-(l+1) decoder output g (the bottleneck for l = 2):
+               up   = transposed conv 2x2x2 stride 2 (w_(l+1) -> w_l), cropped to the skip's size
+               skip = attention gate (Oktay et al. 2018) on the encoder output x of level l (the stem
+                      for l = 0), gated by g: a = sigmoid(psi(relu(theta(x) + upsample(phi(g))))),
+                      skip = a * x (theta, phi: 1x1x1 convs to w_l / 2 channels; psi: to one channel)
+               out  = residual block (up + skip) for l = 2, 1; up + skip at level 0
     output   1x1x1 segmentation conv on every decoder level (2, 1, 0); coarser maps are upsampled
              (trilinear) and summed element-wise into the next finer one (Kayalibay et al. 2017).
              With combine_levels=False only the full-resolution map is used.
 
-Any spatial size works (odd sizes included) because every upsampling targets the skip's exact shape;
-training needs the coarsest level, ceil(size / 8) per axis, to hold more than one voxel.
+Cost: at 4 x 128^3 input, 4 classes and c = 32 one forward pass is 426.93 GFLOPs (2 FLOPs per
+multiply-add, scnas.models.flops), within 2 % of the paper's 419.59. What fixes that figure: one 32 -> 32
+conv3 at 128^3 alone costs 116 GFLOPs and every coarser level halves the cost of its convolutions, so the
+paper's budget holds about 3.6 full-resolution conv3 in all. The design therefore mirrors the SCNAS
+macro-structure (scnas.nas.cells): only the stem runs at full resolution and the first down-sampling
+follows it at once; there is one residual block per coarser level in each path (encoder levels 1 to 3
+with the bottleneck, decoder levels 2 and 1, like the cells enc1, enc2, inter, dec1, dec2); the
+full-resolution decoder level has no residual block. Encoder features are summed into the decoder (Yu
+et al.'s long residual connections; the SCNAS decoder sums them too), not concatenated, so decoder blocks
+stay w_l wide. Up-sampling is 3D U-Net's 2x2x2 up-convolution (Cicek et al. 2016), down-sampling its
+learnable counterpart of 2x2x2 pooling. Alternatives miss by more than 5 %: residual blocks at full
+resolution in both paths with trilinear + conv3 up-sampling and concatenated skips, 1535 GFLOPs; a
+residual block at full resolution in either path, 659; concatenated skips into 2 w_l -> w_l blocks, 521;
+3x3x3 strided down-sampling, 463.
+
+Any spatial size works (odd sizes included): odd axes are padded by one voxel before a down-sampling
+(level sizes are ceil(n / 2)) and every up-sampling is cropped to its skip's size; training needs the
+coarsest level, ceil(size / 8) per axis, to hold more than one voxel.
 """
 
 from __future__ import annotations
@@ -30,39 +46,43 @@ NEGATIVE_SLOPE = 0.01
 LEVELS = 4
 
 
-def _conv_norm_act(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False),
-        nn.InstanceNorm3d(cout, affine=True),
-        nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True),
-    )
+def _norm_act(channels: int) -> list[nn.Module]:
+    return [nn.InstanceNorm3d(channels, affine=True), nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True)]
 
 
 def _upsample(x: Tensor, size: torch.Size) -> Tensor:
     return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
 
 
-class ResidualBlock(nn.Module):
-    """Two 3x3x3 convolutions with an identity (or 1x1x1 projection) shortcut, post-activation."""
+class Downsample(nn.Module):
+    """2x2x2 stride-2 conv to ceil(n / 2) voxels per axis: odd axes are zero-padded at their far end."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
+        self.conv = nn.Sequential(nn.Conv3d(cin, cout, 2, stride=2, bias=False), *_norm_act(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        pad = []
+        for n in reversed(x.shape[2:]):
+            pad += [0, n % 2]
+        return self.conv(F.pad(x, pad))
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3x3 convolutions with an identity shortcut, post-activation."""
+
+    def __init__(self, channels: int):
+        super().__init__()
         self.body = nn.Sequential(
-            nn.Conv3d(cin, cout, 3, padding=1, bias=False),
-            nn.InstanceNorm3d(cout, affine=True),
-            nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True),
-            nn.Conv3d(cout, cout, 3, padding=1, bias=False),
-            nn.InstanceNorm3d(cout, affine=True),
-        )
-        self.shortcut = (
-            nn.Identity()
-            if cin == cout
-            else nn.Sequential(nn.Conv3d(cin, cout, 1, bias=False), nn.InstanceNorm3d(cout, affine=True))
+            nn.Conv3d(channels, channels, 3, padding=1, bias=False),
+            *_norm_act(channels),
+            nn.Conv3d(channels, channels, 3, padding=1, bias=False),
+            nn.InstanceNorm3d(channels, affine=True),
         )
         self.act = nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.body(x) + self.shortcut(x))
+        return self.act(self.body(x) + x)
 
 
 class AttentionGate(nn.Module):
@@ -85,17 +105,20 @@ class AttentionGate(nn.Module):
 
 
 class DecoderLevel(nn.Module):
-    """Upsample the coarser decoder output, gate the skip with it, and merge both in a residual block."""
+    """Up-sample the coarser decoder output, add the gated skip, and refine in a residual block (if any)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, residual: bool):
         super().__init__()
-        self.up = _conv_norm_act(2 * channels, channels)
+        self.up = nn.Sequential(
+            nn.ConvTranspose3d(2 * channels, channels, 2, stride=2, bias=False), *_norm_act(channels)
+        )
         self.gate = AttentionGate(channels, 2 * channels)
-        self.block = ResidualBlock(2 * channels, channels)
+        self.block = ResidualBlock(channels) if residual else nn.Identity()
 
     def forward(self, g: Tensor, skip: Tensor) -> Tensor:
-        up = self.up(_upsample(g, skip.shape[2:]))
-        return self.block(torch.cat([up, self.gate(skip, g)], dim=1))
+        x, y, z = skip.shape[2:]
+        up = self.up(g)[:, :, :x, :y, :z]
+        return self.block(up + self.gate(skip, g))
 
 
 class UResNet(nn.Module):
@@ -105,17 +128,12 @@ class UResNet(nn.Module):
         super().__init__()
         widths = [base_channels * 2**level for level in range(LEVELS)]
         self.combine_levels = combine_levels
+        self.stem = nn.Sequential(nn.Conv3d(in_channels, widths[0], 3, padding=1, bias=False), *_norm_act(widths[0]))
         self.encoder = nn.ModuleList(
-            [nn.Sequential(_conv_norm_act(in_channels, widths[0]), ResidualBlock(widths[0], widths[0]))]
+            nn.Sequential(Downsample(widths[level - 1], widths[level]), ResidualBlock(widths[level]))
+            for level in range(1, LEVELS)
         )
-        for level in range(1, LEVELS):
-            self.encoder.append(
-                nn.Sequential(
-                    _conv_norm_act(widths[level - 1], widths[level], stride=2),
-                    ResidualBlock(widths[level], widths[level]),
-                )
-            )
-        self.decoder = nn.ModuleList([DecoderLevel(widths[level]) for level in range(LEVELS - 1)])
+        self.decoder = nn.ModuleList(DecoderLevel(widths[level], residual=level > 0) for level in range(LEVELS - 1))
         head_levels = range(LEVELS - 1) if combine_levels else range(1)
         self.heads = nn.ModuleList([nn.Conv3d(widths[level], num_classes, 1) for level in head_levels])
         for m in self.modules():
@@ -125,7 +143,8 @@ class UResNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        skips = []
+        x = self.stem(x)
+        skips = [x]
         for stage in self.encoder:
             x = stage(x)
             skips.append(x)

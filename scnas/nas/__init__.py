@@ -10,7 +10,7 @@ from scnas.nas.genotype import (
     save_genotype,
 )
 from scnas.nas.operations import OPERATIONS, OPS
-from scnas.nas.sampling import SAMPLINGS, EdgeSample, sample_edges, sample_two, sample_two_edges
+from scnas.nas.sampling import SAMPLINGS, EdgeSample, sample_edges, sample_two
 from scnas.nas.search_network import SearchNetwork
 
 __all__ = [
@@ -30,6 +30,5 @@ __all__ = [
     "load_genotype",
     "sample_edges",
     "sample_two",
-    "sample_two_edges",
     "save_genotype",
 ]

@@ -71,28 +71,21 @@ def _two(alpha: torch.Tensor, tau: float, generator: torch.Generator | None) -> 
 
 
 def _one(alpha: torch.Tensor, tau: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard Gumbel-softmax per row, straight-through: one-hot forward, gradient of the soft sample."""
     soft = _relaxed_logits(alpha, tau, generator).softmax(-1)
     hard = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)
     return hard - soft.detach() + soft, hard.bool()
 
 
-def sample_two_edges(alpha: torch.Tensor, tau: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Algorithm 1 for every row of alpha (E x |O|): two non-zero weights per row, summing to one.
+def sample_two(alpha: torch.Tensor, tau: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Algorithm 1: alpha (|O|,) for one edge, or (E, |O|) for E edges -> weights of the same shape, exactly
+    two non-zero per edge, summing to one.
 
     The renormalised pair weights z_o1 / (z_o1 + z_o2) equal a softmax over the pair's logits, which is
     how they are computed (no 0 / 0 when both underflow at small tau). Differentiable w.r.t. alpha.
     """
-    return _two(alpha, tau, generator).to(alpha.device)
-
-
-def sample_two(alpha: torch.Tensor, tau: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Algorithm 1 for one edge: alpha (|O|,) -> weights (|O|,), exactly two non-zero, summing to one."""
-    return sample_two_edges(alpha.unsqueeze(0), tau, generator).squeeze(0)
-
-
-def sample_one_edges(alpha: torch.Tensor, tau: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Hard Gumbel-softmax per row, straight-through: one-hot forward, gradient of the soft sample."""
-    return _one(alpha, tau, generator)[0].to(alpha.device)
+    rows = alpha.reshape(-1, alpha.shape[-1])
+    return _two(rows, tau, generator).reshape(alpha.shape).to(alpha.device)
 
 
 def sample_edges(

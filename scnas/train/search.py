@@ -5,30 +5,29 @@ takes an Adam step on the operation weights (weight-set batch) and then one on t
 alpha (architecture-set batch), each with a freshly sampled architecture (Algorithm 1 for
 sampling="two"). The Gumbel temperature anneals exponentially from tau.start to tau.end over the
 epochs; the weights' lr drops x0.1 after a 20-epoch plateau of the training loss (alpha's lr stays).
-Outputs: genotype.json (written last), alpha_history.json, search_log.csv, checkpoint_latest.pt.
+Outputs: genotype.json (written last, with the search's provenance), alpha_history.json, search_log.csv.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from scnas.config import SearchConfig, StageConfig
+from scnas.config import SearchConfig, TaskSettings, dataclass_to_dict, steps_per_epoch
 from scnas.data.augment import augment_batch
+from scnas.data.plans import Plans, load_plans
 from scnas.data.sampler import PatchSampler, prefetch
 from scnas.data.splits import fold_cases, load_splits, split_for_search
-from scnas.errors import ScnasError
-from scnas.io import read_json, write_json
-from scnas.nas import SearchNetwork
+from scnas.fingerprint import Provenance
+from scnas.io import ensure_output_dir, read_json, write_json
+from scnas.layout import GENOTYPE
+from scnas.nas import SearchNetwork, diagnostics
 from scnas.nas.genotype import save_genotype
-from scnas.train.checkpoint import load_checkpoint, save_checkpoint
 from scnas.train.distributed import DistContext, init_distributed
 from scnas.train.engine import (
     Precision,
@@ -39,15 +38,17 @@ from scnas.train.engine import (
     progress,
     to_device,
     torch_generator,
-    write_csv_log,
 )
+from scnas.train.loop import finish, output_lock, reusable, run_epochs
 from scnas.train.loss import jaccard_loss
-from scnas.train.retrain import num_classes
+from scnas.train.training import fold_fingerprint
 
 log = logging.getLogger("scnas.search")
 
-LATEST = "checkpoint_latest.pt"
-GENOTYPE = "genotype.json"
+LOG = "search_log.csv"
+ALPHAS = "alpha_history.json"
+SPLIT = "search_split.json"
+SUMMARY = "search_summary.json"
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class SearchRequest:
     splits: Path
     fold: int
     out_dir: Path
-    stage: StageConfig
+    settings: TaskSettings
     task: str = ""
 
 
@@ -75,159 +76,201 @@ def alpha_snapshot(net: SearchNetwork) -> dict[str, list[list[float]]]:
     }
 
 
-def search(req: SearchRequest, ctx: DistContext | None = None) -> dict[str, Any]:
-    """Run (or resume, or skip when done) the architecture search of one fold."""
-    ctx = ctx or init_distributed()
-    out = Path(req.out_dir)
-    if (out / GENOTYPE).exists():
-        log.info("%s exists: search already done", out / GENOTYPE)
-        return {"genotype": str(out / GENOTYPE), "skipped": True}
-    cfg = req.stage.search
-    plans = read_json(Path(req.preprocessed) / "plans.json")
-    train_ids, _ = fold_cases(load_splits(req.splits), req.fold, str(req.splits))
-    seed = req.stage.seed * 1000 + req.fold
-    weight_ids, arch_ids = split_for_search(train_ids, cfg.arch_fraction, seed)
-    device = ctx.device
-    configure_device(device)
-
-    torch.manual_seed(seed)
-    net = SearchNetwork(
-        int(plans["num_channels"]), num_classes(plans), cfg.stem_channels, sampling=cfg.sampling, seed=seed
-    ).to(device)
-    w_params, a_params = net.weight_parameters(), net.arch_parameters()
-    w_opt = torch.optim.Adam(w_params, lr=cfg.weight_lr, betas=tuple(cfg.weight_betas))
-    a_opt = torch.optim.Adam(a_params, lr=cfg.alpha_lr, betas=tuple(cfg.alpha_betas))
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        w_opt, mode="min", factor=cfg.lr_factor, patience=cfg.patience
+def search_provenance(req: SearchRequest, plans: Plans, split: str) -> Provenance:
+    """What a fold's genotype depends on: the search settings, plans, split, seed and fold."""
+    return Provenance.of(
+        {
+            "stage": "search",
+            "seed": req.settings.seed,
+            "fold": req.fold,
+            "search": dataclass_to_dict(req.settings.search),
+            "plans": plans.fingerprint,
+            "split": split,
+        }
     )
-    precision = Precision(device, cfg.amp)
-    history: list[dict[str, Any]] = []
-    alphas: list[dict[str, Any]] = []
-    start_epoch = 0
-    latest = out / LATEST
-    if latest.exists():
-        state = load_checkpoint(latest, map_location=device)
-        net.load_state_dict(state["state_dict"])
-        w_opt.load_state_dict(state["weight_optimizer"])
-        a_opt.load_state_dict(state["alpha_optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        precision.scaler.load_state_dict(state["scaler"])
-        history, alphas = list(state["history"]), list(state["alpha_history"])
-        start_epoch = int(state["epoch"]) + 1
-        log.info("resuming %s from epoch %d", latest, start_epoch)
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "search_split.json", {"weight_cases": weight_ids, "arch_cases": arch_ids})
-        log.info(
-            "search on %d weight-set and %d architecture-set cases, sampling=%s, stem %d, %d epochs",
-            len(weight_ids),
-            len(arch_ids),
-            cfg.sampling,
-            cfg.stem_channels,
-            cfg.epochs,
-        )
 
-    patch = plans["patch_size"]
-    w_sampler = PatchSampler.from_dir(req.preprocessed, weight_ids, patch, cfg.foreground_fraction)
-    a_sampler = PatchSampler.from_dir(req.preprocessed, arch_ids, patch, cfg.foreground_fraction)
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.time()
+
+class _Search:
+    """One fold's search epochs, as the shared loop runs them."""
+
+    def __init__(self, req: SearchRequest, plans: Plans, weight_ids, arch_ids, ctx: DistContext):
+        self.cfg = cfg = req.settings.search
+        self.ctx, self.device = ctx, ctx.device
+        self.seed = req.settings.seed * 1000 + req.fold
+        torch.manual_seed(self.seed)
+        self.net = SearchNetwork(
+            int(plans.num_channels), plans.num_classes, cfg.stem_channels, sampling=cfg.sampling, seed=self.seed
+        ).to(self.device)
+        self.w_params, self.a_params = self.net.weight_parameters(), self.net.arch_parameters()
+        self.w_opt = torch.optim.Adam(self.w_params, lr=cfg.weight_lr, betas=tuple(cfg.weight_betas))
+        self.a_opt = torch.optim.Adam(self.a_params, lr=cfg.alpha_lr, betas=tuple(cfg.alpha_betas))
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.w_opt, mode="min", factor=cfg.lr_factor, patience=cfg.patience
+        )
+        self.precision = Precision(self.device, cfg.amp)
+        patch = plans.patch_size
+        self.w_sampler = PatchSampler.from_dir(req.preprocessed, weight_ids, patch, cfg.foreground_fraction)
+        self.a_sampler = PatchSampler.from_dir(req.preprocessed, arch_ids, patch, cfg.foreground_fraction)
+        self.steps = steps_per_epoch(cfg.iterations_per_epoch, len(weight_ids), cfg.batch_size)
+        self.alphas: list[dict[str, Any]] = []
+
+    def stop_reason(self, epoch: int) -> str | None:
+        return None
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg, ctx, device, net = self.cfg, self.ctx, self.device, self.net
         net.tau = temperature(cfg, epoch)
-        net.load_sampler_state(torch_generator(torch.device("cpu"), seed, epoch, 1).get_state())
-        generator = torch_generator(device, seed, epoch, ctx.rank)
-        args = (seed, epoch, cfg.iterations_per_epoch, cfg.batch_size, ctx.rank, ctx.world_size)
-        pairs = zip(prefetch(w_sampler.batches(*args, stream=0)), prefetch(a_sampler.batches(*args, stream=1)))
+        net.load_sampler_state(torch_generator(torch.device("cpu"), self.seed, epoch, 1).get_state())
+        generator = torch_generator(device, self.seed, epoch, ctx.rank)
+        args = (self.seed, epoch, self.steps, cfg.batch_size, ctx.rank, ctx.world_size)
+        pairs = zip(
+            prefetch(self.w_sampler.batches(*args, stream=0)), prefetch(self.a_sampler.batches(*args, stream=1))
+        )
         w_total = torch.zeros((), device=device, dtype=torch.float64)
         a_total = torch.zeros((), device=device, dtype=torch.float64)
-        bar = progress(pairs, cfg.iterations_per_epoch, f"search epoch {epoch + 1}/{cfg.epochs}", ctx.is_main)
         net.train()
-        for w_batch, a_batch in bar:
-            w_total += _step(net, w_batch, w_params, w_opt, precision, generator, cfg, device, ctx)
-            a_total += _step(net, a_batch, a_params, a_opt, precision, generator, cfg, device, ctx)
-        w_loss = float(ctx.all_reduce_mean(w_total / cfg.iterations_per_epoch))
-        a_loss = float(ctx.all_reduce_mean(a_total / cfg.iterations_per_epoch))
-        if not (math.isfinite(w_loss) and math.isfinite(a_loss)):
-            raise ScnasError(
-                f"{out}: search loss became non-finite at epoch {epoch + 1}; lower search.weight_lr or disable amp"
-            )
-        lr = w_opt.param_groups[0]["lr"]
-        scheduler.step(w_loss)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "tau": round(net.tau, 6),
-                "weight_loss": round(w_loss, 6),
-                "arch_loss": round(a_loss, 6),
-                "weight_lr": lr,
-                "seconds": round(time.time() - t0, 2),
-                "genotype": json.dumps(net.genotype().to_dict()["cells"], separators=(",", ":")),
-            }
-        )
-        alphas.append({"epoch": epoch + 1, "tau": net.tau, "softmax_alpha": alpha_snapshot(net)})
+        for w_batch, a_batch in progress(pairs, self.steps, f"search epoch {epoch + 1}/{cfg.epochs}", ctx.is_main):
+            w_total += self._step(w_batch, self.w_params, self.w_opt, generator)
+            a_total += self._step(a_batch, self.a_params, self.a_opt, generator)
+        w_loss = float(ctx.all_reduce_mean(w_total / self.steps))
+        a_loss = float(ctx.all_reduce_mean(a_total / self.steps))
+        lr = self.w_opt.param_groups[0]["lr"]
+        self.scheduler.step(w_loss)
+        probs = alpha_snapshot(net)
+        figures = diagnostics.epoch_figures(probs, self.alphas[-1]["softmax_alpha"] if self.alphas else None)
+        self.alphas.append({"epoch": epoch + 1, "tau": net.tau, "softmax_alpha": probs, "diagnostics": figures})
+        return {
+            "tau": round(net.tau, 6),
+            "weight_loss": round(w_loss, 6),
+            "arch_loss": round(a_loss, 6),
+            "weight_lr": lr,
+            "steps": self.steps,
+            "mean_entropy": round(sum(f["entropy"] for f in figures.values()) / len(figures), 4),
+            "mean_max_prob": round(sum(f["max_prob"] for f in figures.values()) / len(figures), 4),
+            "argmax_changes": sum(f["argmax_changes"] for f in figures.values()),
+            "genotype": json.dumps(net.genotype().to_dict()["cells"], separators=(",", ":")),
+        }
+
+    def _step(
+        self, batch, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, generator
+    ) -> torch.Tensor:
+        """One Adam step on `params` (the weights or the alphas) with a freshly sampled architecture."""
+        x, y = to_device(batch, self.device)
+        x, y = augment_batch(x, y, self.cfg.augmentation, generator)
+        with self.precision.autocast():
+            loss = jaccard_loss(self.net(x), y, reduce_sums=batch_sum_reducer(self.ctx))
+        optimizer.zero_grad(set_to_none=True)
+        self.precision.backward(loss, inputs=params)
+        average_gradients(params, self.ctx)
+        self.precision.step(optimizer)
+        return loss.detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "state_dict": cpu_state(self.net.state_dict()),
+            "weight_optimizer": cpu_state(self.w_opt.state_dict()),
+            "alpha_optimizer": cpu_state(self.a_opt.state_dict()),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.precision.scaler.state_dict(),
+            "alpha_history": self.alphas,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["state_dict"])
+        self.w_opt.load_state_dict(state["weight_optimizer"])
+        self.a_opt.load_state_dict(state["alpha_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.scaler.load_state_dict(state["scaler"])
+        self.alphas = list(state["alpha_history"])
+
+
+def _describe_row(row: dict[str, Any]) -> str:
+    return (
+        f"tau {row['tau']:.3f}  weight loss {row['weight_loss']:.4f}  arch loss {row['arch_loss']:.4f}  "
+        f"lr {row['weight_lr']:.3g}  entropy {row['mean_entropy']:.3f}  max p {row['mean_max_prob']:.3f}  "
+        f"argmax changes {row['argmax_changes']}"
+    )
+
+
+def _genotype_provenance(path: Path) -> Any:
+    try:
+        return read_json(path).get("source", {}).get("provenance")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def search(req: SearchRequest, ctx: DistContext | None = None) -> dict[str, Any]:
+    """Run (or resume, or reuse when done with identical settings) the architecture search of one fold."""
+    ctx = ctx or init_distributed()
+    out = Path(req.out_dir)
+    if ctx.is_main:
+        ensure_output_dir(out, "search output folder")
+    ctx.barrier()
+    cfg = req.settings.search
+    plans = load_plans(req.preprocessed)
+    train_ids, val_ids = fold_cases(load_splits(req.splits, plans.case_ids), req.fold, str(req.splits))
+    provenance = search_provenance(req, plans, fold_fingerprint(train_ids, val_ids))
+    seed = req.settings.seed * 1000 + req.fold
+    weight_ids, arch_ids = split_for_search(train_ids, cfg.arch_fraction, seed)
+    genotype_path = out / GENOTYPE
+    with output_lock(ctx, out, "search", [GENOTYPE, LOG, ALPHAS, SPLIT, SUMMARY]):
+        if genotype_path.exists() and reusable(
+            _genotype_provenance(genotype_path), provenance, genotype_path, "searching"
+        ):
+            log.info("%s exists with identical settings: search already done", genotype_path)
+            return {"genotype": str(genotype_path), "skipped": True}
+        configure_device(ctx.device)
+        stage = _Search(req, plans, weight_ids, arch_ids, ctx)
         if ctx.is_main:
-            save_checkpoint(
-                latest,
-                {
-                    "state_dict": cpu_state(net.state_dict()),
-                    "weight_optimizer": cpu_state(w_opt.state_dict()),
-                    "alpha_optimizer": cpu_state(a_opt.state_dict()),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": precision.scaler.state_dict(),
-                    "epoch": epoch,
-                    "history": history,
-                    "alpha_history": alphas,
+            write_json(out / SPLIT, {"weight_cases": weight_ids, "arch_cases": arch_ids})
+            log.info(
+                "search on %d weight-set and %d architecture-set cases, sampling=%s, stem %d, %d epochs of %d "
+                "weight and %d alpha steps (batch %d)",
+                len(weight_ids),
+                len(arch_ids),
+                cfg.sampling,
+                cfg.stem_channels,
+                cfg.epochs,
+                stage.steps,
+                stage.steps,
+                cfg.batch_size,
+            )
+        history = run_epochs(
+            stage,
+            out_dir=out,
+            provenance=provenance,
+            epochs=cfg.epochs,
+            ctx=ctx,
+            device=ctx.device,
+            log_name=LOG,
+            checked=("weight_loss", "arch_loss"),
+            describe=_describe_row,
+            after_epoch=lambda _: write_json(out / ALPHAS, stage.alphas),
+        )
+        if ctx.is_main:
+            steps = sum(int(row["steps"]) for row in history)
+            result = diagnostics.summary(history, stage.alphas, weight_steps=steps, alpha_steps=steps)
+            write_json(out / SUMMARY, result)
+            if not result["converged"]:
+                log.warning(
+                    "the genotype was still changing in the last %d%% of the epochs (stable since epoch %d of %d): "
+                    "the search has not converged; search longer (search.epochs)",
+                    round(100 * diagnostics.STABLE_FRACTION),
+                    result["genotype_stable_since_epoch"],
+                    len(history),
+                )
+            save_genotype(
+                genotype_path,
+                stage.net.genotype(),
+                source={
+                    "task": req.task,
+                    "fold": req.fold,
+                    "epochs": len(history),
+                    "sampling": cfg.sampling,
+                    "stem_channels": cfg.stem_channels,
+                    "provenance": provenance.to_dict(),
                 },
             )
-            write_csv_log(out / "search_log.csv", history)
-            write_json(out / "alpha_history.json", alphas)
-            log.info(
-                "search epoch %d/%d  tau %.3f  weight loss %.4f  arch loss %.4f  lr %.3g  %.1fs",
-                epoch + 1,
-                cfg.epochs,
-                net.tau,
-                w_loss,
-                a_loss,
-                lr,
-                history[-1]["seconds"],
-            )
-        ctx.barrier()
-
-    genotype = net.genotype()
-    if ctx.is_main:
-        save_genotype(
-            out / GENOTYPE,
-            genotype,
-            source={
-                "task": req.task,
-                "fold": req.fold,
-                "epochs": cfg.epochs,
-                "sampling": cfg.sampling,
-                "stem_channels": cfg.stem_channels,
-            },
-        )
-        log.info("wrote %s", out / GENOTYPE)
-    ctx.barrier()
-    return {"genotype": str(out / GENOTYPE), "epochs": len(history)}
-
-
-def _step(
-    net: SearchNetwork,
-    batch,
-    params: list[torch.nn.Parameter],
-    optimizer: torch.optim.Optimizer,
-    precision: Precision,
-    generator: torch.Generator,
-    cfg: SearchConfig,
-    device: torch.device,
-    ctx: DistContext,
-) -> torch.Tensor:
-    """One Adam step on `params` (the weights or the alphas) with a freshly sampled architecture."""
-    x, y = to_device(batch, device)
-    x, y = augment_batch(x, y, cfg.augmentation, generator)
-    with precision.autocast():
-        loss = jaccard_loss(net(x), y, reduce_sums=batch_sum_reducer(ctx))
-    optimizer.zero_grad(set_to_none=True)
-    precision.backward(loss, inputs=params)
-    average_gradients(params, ctx)
-    precision.step(optimizer)
-    return loss.detach()
+            log.info("wrote %s", genotype_path)
+        finish(out, ctx)
+    return {"genotype": str(genotype_path), "epochs": len(history)}

@@ -1,11 +1,18 @@
 import json
 import os
 import re
+import sys
 
 from scnas.config import from_dict
+from scnas.errors import ConfigError
+from scnas.layout import Layout
 
-CFG = from_dict(config)
+try:
+    CFG = from_dict(config)
+except ConfigError as error:
+    sys.exit(f"scnas: error in the Snakemake config: {error}")
 RES = CFG.results
+L = Layout(RES)
 TASKS = list(CFG.study_tasks)
 # The transfer source may lie outside the study: only its search of the source fold runs then.
 KNOWN_TASKS = TASKS + [t for t in [CFG.transfer.source_task] if t and t not in TASKS]
@@ -36,40 +43,35 @@ def dataset_json(wildcards):
 
 def stage_settings(task, *sections):
     """The settings of one stage as inline JSON: a change to them reruns that stage (and only it)."""
-    stage = CFG.stage_dict(task)
+    stage = CFG.settings_dict(task)
     return json.dumps({k: stage[k] for k in ("seed", *sections)}, separators=(",", ":"))
 
 
 def launcher_settings(task):
     """Passed as a resource, not a param: changing partition or GPUs must not rerun finished work."""
-    return json.dumps(CFG.stage_dict(task)["launcher"], separators=(",", ":"))
+    return json.dumps(CFG.settings_dict(task)["launcher"], separators=(",", ":"))
 
 
 def genotype_for(wildcards):
     if wildcards.model == "scnas":
-        return f"{RES}/{wildcards.task}/search/fold_{wildcards.fold}/genotype.json"
+        return L.genotype(wildcards.task, wildcards.fold)
     if wildcards.model == "scnas_transfer":
-        t = CFG.transfer
-        return f"{RES}/{t.source_task}/search/fold_{t.source_fold}/genotype.json"
+        return L.genotype(CFG.transfer.source_task, CFG.transfer.source_fold)
     return []
 
 
 def fold_metrics(task):
-    return [
-        f"{RES}/{task}/{model}/fold_{fold}/metrics.csv"
-        for model in CFG.models_for(task)
-        for fold in CFG.folds
-    ]
+    return [L.metrics(task, model, fold) for model in CFG.models_for(task) for fold in CFG.folds]
 
 
 def study_targets():
     """The tables, and every fold's checkpoint and summary: naming them as targets makes a deleted
     checkpoint (or fold folder) rerun that fold, which Snakemake does not do for intermediate files."""
     folds = [
-        f"{RES}/{task}/{model}/fold_{fold}/{name}"
+        path
         for task in TASKS
         for model in CFG.models_for(task)
         for fold in CFG.folds
-        for name in ("checkpoint_final.pt", "summary.json")
+        for path in (L.checkpoint(task, model, fold), L.summary(task, model, fold))
     ]
-    return folds + [f"{RES}/{task}/cv_table.md" for task in TASKS] + [f"{RES}/cv_table.md"]
+    return folds + [L.cv_table(task) + ".md" for task in TASKS] + [L.cv_table() + ".md"]

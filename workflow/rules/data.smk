@@ -1,11 +1,11 @@
 rule synth:
     output:
-        f"{RES}/{{task}}/raw/dataset.json",
+        os.path.join(L.raw("{task}"), "dataset.json"),
     params:
         spec=lambda wc: CFG.task(wc.task).synthetic,
         folder=lambda wc, output: os.path.dirname(output[0]),
     log:
-        f"{RES}/{{task}}/logs/synth.log",
+        L.log("{task}", "synth.log"),
     conda:
         ENV
     wildcard_constraints:
@@ -19,11 +19,11 @@ rule check:
     input:
         dataset_json,
     output:
-        f"{RES}/{{task}}/check.json",
+        L.check("{task}"),
     params:
         dataset=lambda wc: dataset_dir(wc.task),
     log:
-        f"{RES}/{{task}}/logs/check.log",
+        L.log("{task}", "check.log"),
     threads: 2
     conda:
         ENV
@@ -33,21 +33,21 @@ rule check:
 
 rule splits:
     input:
-        check=f"{RES}/{{task}}/check.json",
+        check=L.check("{task}"),
         nnunet=lambda wc: (
             os.path.join(dataset_dir(wc.task), CFG.task(wc.task).splits_file)
             if CFG.task(wc.task).splits_file
             else []
         ),
     output:
-        f"{RES}/{{task}}/splits_final.json",
+        L.splits("{task}"),
     params:
         dataset=lambda wc: dataset_dir(wc.task),
         folds=CFG.num_folds,
         seed=CFG.seed,
         nnunet=lambda wc, input: f"--nnunet {input.nnunet}" if input.nnunet else "",
     log:
-        f"{RES}/{{task}}/logs/splits.log",
+        L.log("{task}", "splits.log"),
     conda:
         ENV
     shell:
@@ -57,16 +57,16 @@ rule splits:
 
 rule preprocess:
     input:
-        f"{RES}/{{task}}/check.json",
+        L.check("{task}"),
     output:
-        f"{RES}/{{task}}/preprocessed/plans.json",
+        L.plans("{task}"),
     params:
         dataset=lambda wc: dataset_dir(wc.task),
-        folder=lambda wc, output: os.path.dirname(output[0]),
+        folder=lambda wc: L.preprocessed(wc.task),
         settings=lambda wc: stage_settings(wc.task, "preprocess", "plan"),
     log:
-        f"{RES}/{{task}}/logs/preprocess.log",
-    threads: CFG.preprocess.threads
+        L.log("{task}", "preprocess.log"),
+    threads: lambda wc: CFG.settings(wc.task).preprocess.threads
     conda:
         ENV
     shell:

@@ -1,17 +1,17 @@
 rule predict:
     input:
-        checkpoint=f"{RES}/{{task}}/{{model}}/fold_{{fold}}/checkpoint_final.pt",
-        splits=f"{RES}/{{task}}/splits_final.json",
+        checkpoint=L.checkpoint("{task}", "{model}", "{fold}"),
+        splits=L.splits("{task}"),
     output:
-        f"{RES}/{{task}}/{{model}}/fold_{{fold}}/predictions/predictions.json",
+        L.manifest("{task}", "{model}", "{fold}"),
     params:
         dataset=lambda wc: dataset_dir(wc.task),
-        folder=lambda wc, output: os.path.dirname(output[0]),
+        folder=lambda wc: L.predictions(wc.task, wc.model, wc.fold),
         settings=lambda wc: stage_settings(wc.task, "inference"),
     resources:
         launcher=lambda wc: launcher_settings(wc.task),
     log:
-        f"{RES}/{{task}}/logs/predict_{{model}}_fold_{{fold}}.log",
+        L.log("{task}", "predict_{model}_fold_{fold}.log"),
     threads: HEAVY_THREADS
     conda:
         ENV
@@ -23,21 +23,23 @@ rule predict:
 
 rule evaluate:
     input:
-        predictions=f"{RES}/{{task}}/{{model}}/fold_{{fold}}/predictions/predictions.json",
-        splits=f"{RES}/{{task}}/splits_final.json",
+        predictions=L.manifest("{task}", "{model}", "{fold}"),
+        splits=L.splits("{task}"),
     output:
-        metrics=f"{RES}/{{task}}/{{model}}/fold_{{fold}}/metrics.csv",
-        summary=f"{RES}/{{task}}/{{model}}/fold_{{fold}}/summary.json",
+        metrics=L.metrics("{task}", "{model}", "{fold}"),
+        summary=L.summary("{task}", "{model}", "{fold}"),
     params:
         dataset=lambda wc: dataset_dir(wc.task),
+        predictions=lambda wc: L.predictions(wc.task, wc.model, wc.fold),
+        folder=lambda wc: L.fold(wc.task, wc.model, wc.fold),
         settings=lambda wc: stage_settings(wc.task, "evaluation"),
     log:
-        f"{RES}/{{task}}/logs/evaluate_{{model}}_fold_{{fold}}.log",
+        L.log("{task}", "evaluate_{model}_fold_{fold}.log"),
     conda:
         ENV
     shell:
-        "scnas evaluate --predictions $(dirname {input.predictions:q}) --dataset {params.dataset:q}"
-        " --splits {input.splits:q} --fold {wildcards.fold} --out $(dirname {output.metrics:q})"
+        "scnas evaluate --predictions {params.predictions:q} --dataset {params.dataset:q}"
+        " --splits {input.splits:q} --fold {wildcards.fold} --out {params.folder:q}"
         " --config {params.settings:q} > {log:q} 2>&1"
 
 
@@ -45,11 +47,11 @@ rule cv_table_task:
     input:
         lambda wc: fold_metrics(wc.task),
     output:
-        multiext(f"{RES}/{{task}}/cv_table", ".csv", ".md", ".tex"),
+        multiext(L.cv_table("{task}"), ".csv", ".md", ".tex"),
     params:
         prefix=lambda wc, output: output[0][: -len(".csv")],
     log:
-        f"{RES}/{{task}}/logs/cv_table.log",
+        L.log("{task}", "cv_table.log"),
     conda:
         ENV
     shell:
@@ -60,11 +62,11 @@ rule cv_table:
     input:
         [fold_metrics(task) for task in TASKS],
     output:
-        multiext(f"{RES}/cv_table", ".csv", ".md", ".tex"),
+        multiext(L.cv_table(), ".csv", ".md", ".tex"),
     params:
         prefix=lambda wc, output: output[0][: -len(".csv")],
     log:
-        f"{RES}/logs/cv_table.log",
+        L.log(None, "cv_table.log"),
     conda:
         ENV
     shell:

@@ -1,0 +1,131 @@
+"""The results layout, built and parsed in one place: the rules, the CLI, the job names and the tables use it.
+
+    RESULTS/{task}/raw/                          synthetic tasks only
+    RESULTS/{task}/check.json
+    RESULTS/{task}/splits_final.json
+    RESULTS/{task}/preprocessed/plans.json       + one set of files per case
+    RESULTS/{task}/search/fold_{k}/genotype.json + search_log.csv, alpha_history.json
+    RESULTS/{task}/{model}/fold_{k}/             checkpoint_final.pt, predictions/, metrics.csv, summary.json
+    RESULTS/{task}/cv_table.{csv,md,tex}
+    RESULTS/cv_table.{csv,md,tex}
+    RESULTS/{task}/logs/                         one log per rule and job
+
+Every method takes plain strings too, so `Layout(RES).fold("{task}", "{model}", "{fold}")` is a
+Snakemake pattern.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+FOLD_PREFIX = "fold_"
+FOLD_DIR = re.compile(r"^fold_(\d+)$")
+SEARCH = "search"
+CHECKPOINT = "checkpoint_final.pt"
+GENOTYPE = "genotype.json"
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+PREDICTIONS = "predictions"
+MANIFEST = "predictions.json"
+MODEL_INFO = "model.json"
+
+
+def fold_name(fold: int | str) -> str:
+    return f"{FOLD_PREFIX}{fold}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one study's results folder (`results` in the config)."""
+
+    root: str
+
+    def _p(self, *parts: object) -> str:
+        return os.path.join(self.root, *map(str, parts))
+
+    def task(self, task: str) -> str:
+        return self._p(task)
+
+    def raw(self, task: str) -> str:
+        return self._p(task, "raw")
+
+    def check(self, task: str) -> str:
+        return self._p(task, "check.json")
+
+    def splits(self, task: str) -> str:
+        return self._p(task, "splits_final.json")
+
+    def preprocessed(self, task: str) -> str:
+        return self._p(task, "preprocessed")
+
+    def plans(self, task: str) -> str:
+        return self._p(task, "preprocessed", "plans.json")
+
+    def search(self, task: str, fold: int | str) -> str:
+        return self._p(task, SEARCH, fold_name(fold))
+
+    def genotype(self, task: str, fold: int | str) -> str:
+        return self._p(task, SEARCH, fold_name(fold), GENOTYPE)
+
+    def fold(self, task: str, model: str, fold: int | str) -> str:
+        return self._p(task, model, fold_name(fold))
+
+    def checkpoint(self, task: str, model: str, fold: int | str) -> str:
+        return self._p(task, model, fold_name(fold), CHECKPOINT)
+
+    def predictions(self, task: str, model: str, fold: int | str) -> str:
+        return self._p(task, model, fold_name(fold), PREDICTIONS)
+
+    def manifest(self, task: str, model: str, fold: int | str) -> str:
+        return self._p(task, model, fold_name(fold), PREDICTIONS, MANIFEST)
+
+    def metrics(self, task: str, model: str, fold: int | str) -> str:
+        return self._p(task, model, fold_name(fold), METRICS)
+
+    def summary(self, task: str, model: str, fold: int | str) -> str:
+        return self._p(task, model, fold_name(fold), SUMMARY)
+
+    def cv_table(self, task: str | None = None) -> str:
+        """The tables' prefix (add .csv, .md, .tex): one task's, or the whole study's."""
+        return self._p(task, "cv_table") if task else self._p("cv_table")
+
+    def log(self, task: str | None, name: str) -> str:
+        return self._p(task, "logs", name) if task else self._p("logs", name)
+
+
+@dataclass(frozen=True)
+class FoldRef:
+    """Where a fold folder sits in a layout: RESULTS/{task}/{model}/fold_{k} (model "search" for a search)."""
+
+    results: Path
+    task: str
+    model: str
+    fold: int
+
+    @property
+    def job_label(self) -> str:
+        return f"{self.task}-{self.model}-{fold_name(self.fold)}"
+
+
+def parse_fold_dir(path: str | os.PathLike) -> FoldRef | None:
+    """The task, model and fold of a fold folder (or of a file or folder inside one); None if it is not one."""
+    p = Path(os.path.abspath(path))
+    for candidate in (p, *p.parents):
+        m = FOLD_DIR.match(candidate.name)
+        if m and len(candidate.parents) >= 3:
+            model_dir = candidate.parent
+            return FoldRef(model_dir.parent.parent, model_dir.parent.name, model_dir.name, int(m.group(1)))
+    return None
+
+
+def job_name(stage: str, out_dir: str | os.PathLike, task: str = "") -> str:
+    """A SLURM job name that tells tasks, models and folds apart: scnas-train-Task04-uresnet-fold_0."""
+    ref = parse_fold_dir(out_dir)
+    if ref is not None:
+        label = ref.job_label if stage != "search" else f"{ref.task}-{fold_name(ref.fold)}"
+    else:
+        label = "-".join(x for x in (task, Path(out_dir).name) if x)
+    return f"scnas-{stage}-{label}"
