@@ -153,6 +153,16 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_random_genotype(args: argparse.Namespace) -> None:
+    from scnas.io import ensure_output_dir
+    from scnas.nas.genotype import random_genotype, save_genotype
+
+    out = Path(args.out)
+    ensure_output_dir(out.parent, "genotype folder", create=False)
+    save_genotype(out, random_genotype(args.seed, args.draw), source={"random": {"seed": args.seed, "draw": args.draw}})
+    log.info("wrote random genotype %d (seed %d) to %s", args.draw, args.seed, out)
+
+
 def cmd_search(args: argparse.Namespace) -> None:
     settings = settings_from_args(args)
     _run_heavy(
@@ -396,6 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_preprocess)
 
+    p = sub.add_parser("random-genotype", help="draw a random genotype (the control a searched one must beat)")
+    p.add_argument("--seed", type=int, default=0, help="the study's seed (default 0)")
+    p.add_argument("--draw", type=int, required=True, help="which draw: 0, 1, ... (each a different genotype)")
+    p.add_argument("--out", required=True, help="genotype.json to write")
+    _common(p, config=False)
+    p.set_defaults(func=cmd_random_genotype)
+
     p = sub.add_parser("search", help="SCNAS architecture search on one fold -> genotype.json")
     p.add_argument("--preprocessed", required=True)
     p.add_argument("--splits", required=True)
@@ -406,8 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("train", help="train a model on one fold (the U-ResNet, or a network from a genotype)")
-    p.add_argument("--model", required=True, choices=["uresnet", "scnas", "scnas_transfer"])
-    p.add_argument("--genotype", help="genotype.json (scnas and scnas_transfer)")
+    p.add_argument("--model", required=True, choices=["uresnet", "scnas", "random", "scnas_transfer"])
+    p.add_argument("--genotype", help="genotype.json (scnas, random and scnas_transfer)")
     p.add_argument("--preprocessed", required=True)
     p.add_argument("--splits", required=True)
     p.add_argument("--fold", type=int, required=True)

@@ -25,7 +25,8 @@ from scnas.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).parent / "resources" / "config.schema.yaml"
 SECTIONS = ("preprocess", "plan", "train", "search", "inference", "evaluation", "launcher")
-MODELS = ("uresnet", "scnas", "scnas_transfer")
+MODELS = ("uresnet", "scnas", "random", "scnas_transfer")
+RANDOM = "random"
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,7 @@ class Config:
     num_folds: int
     folds: tuple[int, ...]
     models: tuple[str, ...]
+    random_draws: int
     tasks: dict[str, TaskConfig]
     run_tasks: tuple[str, ...] | None
     transfer: TransferConfig
@@ -275,6 +277,14 @@ class Config:
             m
             for m in (self.task(task).models or self.models)
             if m != "scnas_transfer" or (task in self.transfer.targets and self.transfer.source_task)
+        )
+
+    def runs_for(self, task: str) -> tuple[str, ...]:
+        """The model folders of `task`: its models, with `random` expanded to random_0 .. random_{K-1}."""
+        return tuple(
+            run
+            for m in self.models_for(task)
+            for run in ([f"{RANDOM}_{k}" for k in range(self.random_draws)] if m == RANDOM else [m])
         )
 
 

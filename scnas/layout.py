@@ -6,6 +6,7 @@
     RESULTS/{task}/preprocessed/plans.json       + one set of files per case
     RESULTS/{task}/search/fold_{k}/genotype.json + search_log.csv, alpha_history.json
     RESULTS/{task}/{model}/fold_{k}/             checkpoint_final.pt, predictions/, metrics.csv, summary.json
+    RESULTS/{task}/random_{j}/genotype.json      draw j of the random-genotype control (model folder random_j)
     RESULTS/{task}/cv_table.{csv,md,tex}
     RESULTS/cv_table.{csv,md,tex}
     RESULTS/{task}/logs/                         one log per rule and job
@@ -35,6 +36,14 @@ MODEL_INFO = "model.json"
 
 def fold_name(fold: int | str) -> str:
     return f"{FOLD_PREFIX}{fold}"
+
+
+RANDOM_RUN = re.compile(r"^random_(\d+)$")
+
+
+def model_of(run: str) -> str:
+    """The model a model folder trains: random_3 -> random; every other folder is named by its model."""
+    return "random" if RANDOM_RUN.match(run) else run
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,10 @@ class Layout:
 
     def fold(self, task: str, model: str, fold: int | str) -> str:
         return self._p(task, model, fold_name(fold))
+
+    def random_genotype(self, task: str, draw: int | str) -> str:
+        """The genotype of random-control draw `draw`, beside its folds."""
+        return self._p(task, f"random_{draw}", GENOTYPE)
 
     def checkpoint(self, task: str, model: str, fold: int | str) -> str:
         return self._p(task, model, fold_name(fold), CHECKPOINT)

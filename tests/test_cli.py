@@ -11,7 +11,18 @@ from conftest import cli_env
 
 from scnas.cli import build_parser
 
-STAGES = ["synth", "check", "splits", "preprocess", "search", "train", "predict", "evaluate", "table"]
+STAGES = [
+    "synth",
+    "check",
+    "splits",
+    "preprocess",
+    "random-genotype",
+    "search",
+    "train",
+    "predict",
+    "evaluate",
+    "table",
+]
 
 
 def scnas(*args: str) -> subprocess.CompletedProcess:

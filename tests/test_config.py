@@ -24,8 +24,10 @@ def test_repository_configs_validate():
     assert cfg.search.weight_betas == (0.1, 0.001) and cfg.search.alpha_betas == (0.5, 0.999)
     assert cfg.train.lr == 3e-4 and cfg.train.lr_factor == 0.2 and cfg.train.patience == 30
     assert cfg.train.max_epochs == 500 and cfg.train.batch_size == 8 and cfg.train.min_lr == 1e-7
-    assert cfg.models_for("Task01_BrainTumour") == ("uresnet", "scnas")
-    assert cfg.models_for("Task02_Heart") == ("uresnet", "scnas", "scnas_transfer")
+    assert cfg.models_for("Task01_BrainTumour") == ("uresnet", "scnas", "random")
+    assert cfg.models_for("Task02_Heart") == ("uresnet", "scnas", "random", "scnas_transfer")
+    assert cfg.runs_for("Task01_BrainTumour") == ("uresnet", "scnas", "random_0", "random_1", "random_2")
+    assert cfg.train.scnas_stem_channels == "match_flops"
     demo = C.load([ROOT / "config.yaml", ROOT / "config" / "demo.yaml"])
     assert demo.study_tasks == ("DemoBrain", "DemoHeart")
     assert demo.dataset_dir("DemoBrain") == Path(demo.results) / "DemoBrain" / "raw"

@@ -263,3 +263,21 @@ def test_genotype_constructed_in_code_is_validated():
     cells["reduction"] = cells["reduction"][:-1]
     with pytest.raises(GenotypeError, match="13 edges"):
         Genotype(cells=cells)
+
+
+def test_random_genotypes_are_seeded_uniform_draws_and_the_cli_writes_them(tmp_path):
+    from collections import Counter
+
+    from scipy import stats
+
+    from scnas.cli import main
+    from scnas.nas.genotype import load_genotype, random_genotype
+
+    assert random_genotype(0, 1) == random_genotype(0, 1)
+    assert random_genotype(0, 1) != random_genotype(0, 2) != random_genotype(1, 1)
+    counts = Counter(op for k in range(200) for edges in random_genotype(7, k).cells.values() for _, _, op in edges)
+    assert set(counts) == set(OPERATIONS)
+    assert stats.chisquare(list(counts.values())).pvalue > 1e-3
+    out = tmp_path / "random_2" / "genotype.json"
+    assert main(["random-genotype", "--seed", "5", "--draw", "2", "--out", str(out)]) == 0
+    assert load_genotype(out) == random_genotype(5, 2)

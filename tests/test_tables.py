@@ -202,3 +202,23 @@ def test_study_reads_only_finished_evaluations(tmp_path, caplog):
     assert len(warned) == 2 and any(str(unfinished) in w for w in warned) and any(str(rewritten) in w for w in warned)
     with pytest.raises(ScnasError, match="no finished"):
         find_metrics(tmp_path, models=["scnas"])
+
+
+def test_random_draws_pool_into_one_row_with_the_spread_across_draws(tmp_path):
+    from scnas.evaluation.study import find_metrics, write_study_tables
+
+    finished(tmp_path, HEART, "uresnet", 0, [("h1", 1, 0.9), ("h2", 1, 0.7)])
+    draw_means = [0.5, 0.6, 0.85]
+    for k, mean in enumerate(draw_means):
+        for fold in (0, 1):
+            finished(tmp_path, HEART, f"random_{k}", fold, [(f"c{fold}a", 1, mean - 0.1), (f"c{fold}b", 1, mean + 0.1)])
+    written = write_study_tables(find_metrics(tmp_path), tmp_path / "cv_table")
+    long = pd.read_csv(written[0])
+    assert list(long["model"]) == ["3D U-ResNet", "Random genotype"]
+    row = long[long["model"] == "Random genotype"].iloc[0]
+    assert row["mean"] == pytest.approx(sum(draw_means) / 3)
+    assert row["std"] == pytest.approx(pd.Series(draw_means).std(ddof=1))
+    assert row["n_cases"] == 12 and row["n_folds"] == 6
+    markdown = written[1].read_text()
+    assert "Random genotype" in markdown and "random_0" not in markdown
+    assert "mean over 3 random genotypes" in markdown

@@ -38,7 +38,9 @@ def test_the_whole_msd_study_dry_runs(tmp_path):
     counts = job_counts(result.stdout)
     assert counts["check"] == counts["splits"] == counts["preprocess"] == 3
     assert counts["search"] == 15
-    assert counts["train"] == counts["predict"] == counts["evaluate"] == 5 * (2 + 3 + 3)
+    # BrainTumour: uresnet, scnas and 3 random draws; Heart and Lung add scnas_transfer.
+    assert counts["train"] == counts["predict"] == counts["evaluate"] == 5 * (5 + 6 + 6)
+    assert counts["random_genotype"] == 3 * 3
     assert counts["cv_table_task"] == 3 and counts["cv_table"] == 1
 
 

@@ -11,9 +11,9 @@ import pandas as pd
 
 from scnas.errors import ScnasError
 from scnas.evaluation.metrics import incomplete_reason
-from scnas.evaluation.tables import DEFAULT_MODEL_NAMES, cv_table, write_tables
+from scnas.evaluation.tables import DEFAULT_MODEL_NAMES, cv_table, pool_draws, write_tables
 from scnas.io import read_json
-from scnas.layout import FOLD_DIR, METRICS
+from scnas.layout import FOLD_DIR, METRICS, MODEL_INFO, SEARCH, model_of
 
 log = logging.getLogger(__name__)
 Found = dict[tuple[str, str], list[Path]]
@@ -77,38 +77,87 @@ def _label_names(paths: Sequence[Path]) -> dict[int, str]:
         raise ScnasError(f"{paths[0]}: not a readable metrics CSV ({str(e).splitlines()[0]})") from None
 
 
+def _model_info(path: Path) -> tuple[float, int, list[int] | None]:
+    """GFLOPs, width and patch of one fold's model.json."""
+    try:
+        data = read_json(path)
+        width = data["spec"].get("stem_channels") or data["spec"].get("base_channels")
+        return float(data["gflops"]), int(width), data.get("patch_size")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ScnasError(f"{path}: not a readable model.json ({type(e).__name__}: {e})") from None
+
+
 def flops_notes(found: Found) -> list[str]:
-    """One note per task: GFLOPs per forward pass of each model, from the folds' model.json."""
+    """One note per task: GFLOPs per forward pass of each model (the range over the random draws), from
+    the folds' model.json."""
     notes = []
     for task in dict.fromkeys(t for t, _ in found):
-        parts = []
+        costs: dict[str, list[tuple[float, int]]] = defaultdict(list)
         patch = None
-        for (t, model), paths in found.items():
-            info = paths[0].parent / "model.json"
+        for (t, run), paths in found.items():
+            info = paths[0].parent / MODEL_INFO
             if t != task or not info.exists():
                 continue
-            try:
-                data = read_json(info)
-                patch = data.get("patch_size", patch)
-                stem = data["spec"].get("stem_channels") or data["spec"].get("base_channels")
-                gflops = float(data["gflops"])
-            except (ValueError, KeyError, TypeError, AttributeError) as e:
-                raise ScnasError(f"{info}: not a readable model.json ({type(e).__name__}: {e})") from None
-            parts.append(f"{DEFAULT_MODEL_NAMES.get(model, model)} {gflops:.2f} GFLOPs (width {stem})")
+            gflops, width, patch = _model_info(info)
+            costs[model_of(run)].append((gflops, width))
+        parts = []
+        for model, values in costs.items():
+            name = DEFAULT_MODEL_NAMES.get(model, model)
+            flops, widths = [v[0] for v in values], sorted({v[1] for v in values})
+            if len(values) == 1:
+                parts.append(f"{name} {flops[0]:.2f} GFLOPs (width {widths[0]})")
+            else:
+                parts.append(
+                    f"{name} {min(flops):.2f}-{max(flops):.2f} GFLOPs over {len(values)} draws "
+                    f"(widths {', '.join(map(str, widths))})"
+                )
         if parts:
             patch_text = "x".join(map(str, patch)) if patch else "?"
             notes.append(f"{task}: one forward pass at patch {patch_text}: " + ", ".join(parts) + ".")
     return notes
 
 
+def search_notes(found: Found) -> list[str]:
+    """Per task, whether each fold's search converged (its search_summary.json), for the SCNAS rows."""
+    notes = []
+    for (task, run), paths in found.items():
+        if run != "scnas":
+            continue
+        states = []
+        for path in paths:
+            summary = path.parent.parent.parent / SEARCH / path.parent.name / "search_summary.json"
+            if not summary.is_file():
+                continue
+            try:
+                data = read_json(summary)
+                stable, epochs, done = int(data["genotype_stable_since_epoch"]), int(data["epochs"]), data["converged"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise ScnasError(f"{summary}: not a readable search summary ({type(e).__name__})") from None
+            what = "converged" if done else "NOT converged (genotype still changing in the last 10 % of epochs)"
+            states.append(f"{path.parent.name} {what}, stable since epoch {stable} of {epochs}")
+        if states:
+            notes.append(f"{task}: SCNAS searches: " + "; ".join(states) + ".")
+    return notes
+
+
 def write_study_tables(found: Found, out_prefix: Path) -> list[Path]:
-    """The cross-validation table of everything in `found` as out_prefix.csv, .md and .tex."""
-    models = sorted(
-        {m for _, m in found},
-        key=lambda m: list(DEFAULT_MODEL_NAMES).index(m) if m in DEFAULT_MODEL_NAMES else len(DEFAULT_MODEL_NAMES),
+    """The cross-validation table of everything in `found` as out_prefix.csv, .md and .tex; the random
+    draws (random_0, random_1, ...) pooled into one "Random genotype" row."""
+    order = list(DEFAULT_MODEL_NAMES)
+    runs = sorted(
+        {r for _, r in found},
+        key=lambda r: (order.index(model_of(r)) if model_of(r) in order else len(order), r),
     )
     labels = {task: _label_names(paths) for (task, _), paths in found.items()}
-    table = cv_table(found, labels, {m: DEFAULT_MODEL_NAMES.get(m, m) for m in models})
-    notes = flops_notes(found)
+    table = cv_table(found, labels, {r: DEFAULT_MODEL_NAMES.get(r, r) for r in runs})
+    draws = [r for r in runs if model_of(r) == "random"]
+    notes = flops_notes(found) + search_notes(found)
+    if draws:
+        name = DEFAULT_MODEL_NAMES["random"]
+        table = pool_draws(table, draws, name)
+        notes.append(
+            f"{name}: the mean over {len(draws)} random genotypes of each one's cross-validation mean; "
+            "± is the standard deviation across the draws."
+        )
     write_tables(table, out_prefix, notes)
     return [out_prefix.with_name(out_prefix.name + s) for s in (".csv", ".md", ".tex")]

@@ -18,7 +18,12 @@ import pandas as pd
 from scnas.errors import ScnasError
 from scnas.io import write_text
 
-DEFAULT_MODEL_NAMES = {"uresnet": "3D U-ResNet", "scnas": "SCNAS", "scnas_transfer": "SCNAS (transfer)"}
+DEFAULT_MODEL_NAMES = {
+    "uresnet": "3D U-ResNet",
+    "scnas": "SCNAS",
+    "random": "Random genotype",
+    "scnas_transfer": "SCNAS (transfer)",
+}
 AVERAGE = "Average"
 STATS = ("mean", "std", "n_cases", "n_folds")
 MISSING = "-"
@@ -68,6 +73,32 @@ def cv_table(
     table.columns = pd.MultiIndex.from_tuples(list(data), names=["task", "label", "stat"])
     table.attrs["metric"] = metric
     return table
+
+
+def pool_draws(table: pd.DataFrame, draws: Sequence[str], name: str) -> pd.DataFrame:
+    """Replace the rows `draws` (one model each, e.g. random genotypes) by one row `name`: per cell the mean
+    over draws of each draw's mean, ± the standard deviation across draws (ddof=1); counts summed."""
+    present = [d for d in draws if d in table.index]
+    if not present:
+        return table
+    rows = table.loc[present]
+    pooled = {}
+    for task, label, stat in table.columns:
+        column = rows[(task, label, stat)]
+        means = rows[(task, label, "mean")].dropna().to_numpy(dtype=float)
+        if stat == "mean":
+            pooled[(task, label, stat)] = float(means.mean()) if means.size else np.nan
+        elif stat == "std":
+            pooled[(task, label, stat)] = float(means.std(ddof=1)) if means.size > 1 else np.nan
+        else:
+            pooled[(task, label, stat)] = int(column.sum())
+    at = list(table.index).index(present[0])
+    keep = [m for m in table.index if m not in present]
+    out = pd.concat([table.loc[keep[:at]], pd.DataFrame([pooled], index=[name]), table.loc[keep[at:]]])
+    out.index.name = table.index.name
+    out.columns = table.columns
+    out.attrs = dict(table.attrs)
+    return out
 
 
 def task_table(table: pd.DataFrame, task: str) -> pd.DataFrame:

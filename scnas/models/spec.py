@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from scnas.config import TrainConfig
+from scnas.config import MODELS, TrainConfig
 from scnas.data.plans import Plans
 from scnas.errors import ScnasError
 from scnas.models.factory import build_model
 
-MODELS = ("uresnet", "scnas", "scnas_transfer")
 
 
 def uresnet_spec(plans: Plans, train: TrainConfig) -> dict[str, Any]:

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import numpy as np
+
 from scnas.errors import ScnasError
 from scnas.io import write_text
 from scnas.nas.cells import CELL_TYPES, NUM_NODES, cell_edges
@@ -193,3 +195,12 @@ def _cell_edges(cell_type: str, edges: Any, operations: tuple[str, ...], num_nod
             )
         ops[i, j] = op
     return ops
+
+
+def random_genotype(seed: int, draw: int, num_nodes: int = NUM_NODES) -> Genotype:
+    """The random-genotype control: every edge's operation uniform over the candidates (zero included),
+    drawn from (seed, draw) alone, so draw k is the same genotype wherever it is made."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, draw]))
+    edges = cell_edges(num_nodes)
+    cells = {t: tuple((i, j, OPERATIONS[int(rng.integers(len(OPERATIONS)))]) for i, j in edges) for t in CELL_TYPES}
+    return Genotype(cells=cells, num_nodes=num_nodes)

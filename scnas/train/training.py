@@ -180,6 +180,14 @@ def train(req: TrainRequest, ctx: DistContext | None = None) -> dict[str, Any]:
         if ctx.is_main:
             report = flops_report(spec, plans, req.settings.train)
             write_json(out / MODEL_INFO, {"model": req.model, "spec": spec, **report})
+            ratio = report["gflops"] / report["uresnet_gflops"]
+            if spec["arch"] != "uresnet" and not 0.9 <= ratio <= 1.1:
+                log.warning(
+                    "%s costs %.2fx the U-ResNet's FLOPs: the comparison is not at equal cost "
+                    "(set train.scnas_stem_channels: match_flops)",
+                    req.model,
+                    ratio,
+                )
             log.info(
                 "%s: %.2f GFLOPs per forward pass at patch %s (U-ResNet baseline: %.2f GFLOPs); %d iterations of "
                 "batch %d per epoch",

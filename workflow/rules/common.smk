@@ -5,7 +5,7 @@ import sys
 
 from scnas.config import from_dict
 from scnas.errors import ConfigError
-from scnas.layout import Layout
+from scnas.layout import Layout, model_of
 
 try:
     CFG = from_dict(config)
@@ -29,7 +29,8 @@ def _alternatives(names):
 
 wildcard_constraints:
     task=_alternatives(KNOWN_TASKS),
-    model="uresnet|scnas|scnas_transfer",
+    model=r"uresnet|scnas|scnas_transfer|random_\d+",
+    draw=r"\d+",
     fold=r"\d+",
 
 
@@ -57,11 +58,13 @@ def genotype_for(wildcards):
         return L.genotype(wildcards.task, wildcards.fold)
     if wildcards.model == "scnas_transfer":
         return L.genotype(CFG.transfer.source_task, CFG.transfer.source_fold)
+    if model_of(wildcards.model) == "random":
+        return L.random_genotype(wildcards.task, wildcards.model.split("_")[-1])
     return []
 
 
 def fold_metrics(task):
-    return [L.metrics(task, model, fold) for model in CFG.models_for(task) for fold in CFG.folds]
+    return [L.metrics(task, run, fold) for run in CFG.runs_for(task) for fold in CFG.folds]
 
 
 def study_targets():
@@ -70,8 +73,8 @@ def study_targets():
     folds = [
         path
         for task in TASKS
-        for model in CFG.models_for(task)
+        for run in CFG.runs_for(task)
         for fold in CFG.folds
-        for path in (L.checkpoint(task, model, fold), L.summary(task, model, fold))
+        for path in (L.checkpoint(task, run, fold), L.summary(task, run, fold))
     ]
     return folds + [L.cv_table(task) + ".md" for task in TASKS] + [L.cv_table() + ".md"]

@@ -19,3 +19,16 @@ rule search:
         "OMP_NUM_THREADS={threads} scnas search --preprocessed {params.preprocessed:q} --splits {input.splits:q}"
         " --fold {wildcards.fold} --out {params.folder:q} --task {wildcards.task}"
         " --config {params.settings:q} --launcher {resources.launcher:q} > {log:q} 2>&1"
+
+
+rule random_genotype:
+    output:
+        L.random_genotype("{task}", "{draw}"),
+    params:
+        seed=CFG.seed,
+    log:
+        L.log("{task}", "random_genotype_{draw}.log"),
+    conda:
+        ENV
+    shell:
+        "scnas random-genotype --seed {params.seed} --draw {wildcards.draw} --out {output:q} > {log:q} 2>&1"

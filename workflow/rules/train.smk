@@ -10,6 +10,7 @@ rule train:
         folder=lambda wc: L.fold(wc.task, wc.model, wc.fold),
         settings=lambda wc: stage_settings(wc.task, "train"),
         genotype=lambda wc, input: f"--genotype {input.genotype}" if input.genotype else "",
+        model=lambda wc: model_of(wc.model),
     resources:
         launcher=lambda wc: launcher_settings(wc.task),
     log:
@@ -18,7 +19,7 @@ rule train:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} scnas train --model {wildcards.model} {params.genotype}"
+        "OMP_NUM_THREADS={threads} scnas train --model {params.model} {params.genotype}"
         " --preprocessed {params.preprocessed:q} --splits {input.splits:q} --fold {wildcards.fold}"
         " --out {params.folder:q} --task {wildcards.task} --config {params.settings:q}"
         " --launcher {resources.launcher:q} > {log:q} 2>&1"
