@@ -45,8 +45,9 @@ def run_worker(dataset_dir: Path, out_dir: Path) -> dict:
 def split_timings(dataset_dir: Path, repeats: int) -> dict:
     """Median seconds of loading the case and of `preprocess_arrays` alone."""
     from scnas.data.dataset import parse_dataset
+    from scnas.data.nifti import load_case_arrays
     from scnas.data.plans import load_plans
-    from scnas.data.transforms import load_case_arrays, preprocess_arrays
+    from scnas.data.transforms import preprocess_arrays
 
     case = parse_dataset(dataset_dir).case(CASE)
     plans = load_plans(dataset_dir)

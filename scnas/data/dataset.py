@@ -6,6 +6,7 @@ An MSD task holds `dataset.json` (`modality`, `labels`, `training: [{image, labe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -286,3 +287,8 @@ def _parse_training(root: Path, training: Any, where: Path, problems: list[str])
         seen[case.id] = i
         cases.append(case)
     return cases
+
+
+def case_rng(case_id: str) -> np.random.Generator:
+    """A generator seeded by the case id alone, so that reruns sample the same voxels."""
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(case_id.encode()).digest()[:8], "little"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scnas.data.dataset import Case
 from scnas.errors import DatasetError
 from scnas.io import atomic_path
 
@@ -91,3 +92,23 @@ def save_nifti(
     suffix = ".nii.gz" if str(path).endswith(".nii.gz") else ".nii"
     with atomic_path(path, suffix=suffix) as tmp:
         nib.save(img, str(tmp))
+
+
+def load_case_arrays(
+    case: Case, num_channels: int, with_label: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Image (C, X, Y, Z), affine and label of a case; refuses (one line naming the file) what cannot be
+    preprocessed."""
+    image, affine = load_image(case.image)
+    if image.shape[0] != num_channels:
+        raise DatasetError(f"{case.image}: has {image.shape[0]} channels, the dataset declares {num_channels}")
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise DatasetError(f"{case.image}: the affine is not finite and invertible")
+    label = None
+    if with_label and case.label is not None:
+        label, _ = load_label(case.label)
+        if label.shape != image.shape[1:]:
+            raise DatasetError(
+                f"{case.label}: shape {tuple(label.shape)} differs from the image's {tuple(image.shape[1:])}"
+            )
+    return image, affine, label

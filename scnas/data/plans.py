@@ -14,11 +14,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from scnas.config import PlanConfig, PreprocessConfig, dataclass_to_dict
-from scnas.data.dataset import Case, Dataset
+from scnas.data.dataset import Case, Dataset, case_rng
+from scnas.data.geometry import canonical_geometry, nonzero_bbox, to_canonical
+from scnas.data.nifti import load_case_arrays
 from scnas.data.normalize import ct_statistics, zscore_entry
 from scnas.data.pool import map_cases
 from scnas.data.resample import target_shape
-from scnas.data.transforms import canonical_geometry, case_rng, load_case_arrays, nonzero_bbox, to_canonical
 from scnas.errors import DatasetError, ScnasError
 from scnas.fingerprint import Provenance
 from scnas.io import read_json, write_json

@@ -20,10 +20,11 @@ from typing import Sequence
 
 from scnas.config import PlanConfig, PreprocessConfig
 from scnas.data.dataset import Case, Dataset
+from scnas.data.nifti import load_case_arrays
 from scnas.data.plans import PLANS_FILE, Plans, load_plans, make_plans, plans_provenance, save_plans
 from scnas.data.pool import map_cases
 from scnas.data.store import FINGERPRINT_KEY, is_complete, output_names, sample_foreground, write_case
-from scnas.data.transforms import load_case_arrays, preprocess_arrays
+from scnas.data.transforms import preprocess_arrays
 from scnas.errors import DatasetError, ScnasError
 from scnas.fingerprint import describe_differences
 from scnas.io import read_json

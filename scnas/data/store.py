@@ -13,8 +13,8 @@ from typing import Iterable
 
 import numpy as np
 
+from scnas.data.dataset import case_rng
 from scnas.data.plans import PLANS_FILE, Plans, load_plans
-from scnas.data.transforms import case_rng
 from scnas.errors import DatasetError
 from scnas.io import atomic_path, read_json, save_npy, write_json
 

@@ -8,80 +8,20 @@ maps an array in preprocessed space back onto the original image grid.
 
 from __future__ import annotations
 
-import hashlib
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import Literal
 
-import nibabel as nib
 import numpy as np
 
-from scnas.data.dataset import Case
-from scnas.data.nifti import load_image, load_label
+from scnas.data.geometry import canonical_geometry, from_canonical, nonzero_bbox, to_canonical
 from scnas.data.normalize import nonzero_mask, normalize
+from scnas.data.plans import Plans
 from scnas.data.resample import (
-    bounding_box,
     effective_spacing,
     resample_image,
     resample_label,
     resample_mask,
     target_shape,
 )
-from scnas.errors import DatasetError
-
-if TYPE_CHECKING:
-    from scnas.data.plans import Plans
-
-RAS = nib.orientations.axcodes2ornt("RAS")
-
-
-def case_rng(case_id: str) -> np.random.Generator:
-    """A generator seeded by the case id alone, so that reruns sample the same voxels."""
-    return np.random.default_rng(int.from_bytes(hashlib.sha256(case_id.encode()).digest()[:8], "little"))
-
-
-def to_canonical(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
-    """Apply the nibabel orientation transform `ornt` to the last three (spatial) axes; a view."""
-    lead = array.ndim - 3
-    moved = np.moveaxis(array, list(range(lead)), list(range(-lead, 0)))
-    out = nib.orientations.apply_orientation(moved, ornt)
-    return np.moveaxis(out, list(range(3, 3 + lead)), list(range(lead)))
-
-
-def from_canonical(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
-    """Undo `to_canonical(., ornt)`; a view."""
-    return to_canonical(array, nib.orientations.ornt_transform(RAS, np.asarray(ornt, dtype=np.float64)))
-
-
-def canonical_geometry(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[float]]:
-    """The RAS+ orientation transform of a grid, its canonical affine and canonical spacing."""
-    ornt = nib.orientations.io_orientation(affine)
-    canonical = affine @ nib.orientations.inv_ornt_aff(ornt, tuple(shape))
-    return ornt, canonical, [float(s) for s in np.linalg.norm(canonical[:3, :3], axis=0)]
-
-
-def nonzero_bbox(image: np.ndarray) -> list[list[int]]:
-    """[lo, hi) per spatial axis of the voxels nonzero in any channel of (C, X, Y, Z); all if none is."""
-    box = bounding_box(np.any(image != 0, axis=0))
-    return box if box is not None else [[0, int(n)] for n in image.shape[1:]]
-
-
-def load_case_arrays(
-    case: Case, num_channels: int, with_label: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Image (C, X, Y, Z), affine and label of a case; refuses (one line naming the file) what cannot be
-    preprocessed."""
-    image, affine = load_image(case.image)
-    if image.shape[0] != num_channels:
-        raise DatasetError(f"{case.image}: has {image.shape[0]} channels, the dataset declares {num_channels}")
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise DatasetError(f"{case.image}: the affine is not finite and invertible")
-    label = None
-    if with_label and case.label is not None:
-        label, _ = load_label(case.label)
-        if label.shape != image.shape[1:]:
-            raise DatasetError(
-                f"{case.label}: shape {tuple(label.shape)} differs from the image's {tuple(image.shape[1:])}"
-            )
-    return image, affine, label
 
 
 def preprocess_arrays(
