@@ -15,7 +15,6 @@ from scnas.errors import ScnasError
 from scnas.models.factory import build_model
 
 
-
 def uresnet_spec(plans: Plans, train: TrainConfig) -> dict[str, Any]:
     """The U-ResNet baseline at the configured width."""
     return {
