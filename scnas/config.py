@@ -86,6 +86,8 @@ class AugmentationConfig:
     brightness: tuple[float, float]
     p_contrast: float
     contrast: tuple[float, float]
+    p_low_resolution: float
+    low_resolution_scale: tuple[float, float]
     p_gamma: float
     gamma: tuple[float, float]
     p_gamma_invert: float

@@ -2,7 +2,9 @@
 
 The draws of an epoch derive from (seed, epoch) alone, so a resumed run sees the same patches, and
 they are made for the GLOBAL batch and then sliced per rank: a run on N processes samples exactly the
-patches a 1-process run with N times the batch would.
+patches a 1-process run with N times the batch would. For training, each patch is read with the
+region around it that spatial augmentation samples from, padded outside the scan as nnU-Net's loader
+pads (image 0, label -1).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from scnas.data.augment import PAD_LABEL
 from scnas.data.plans import load_plans
 from scnas.data.store import PreprocessedCase, load_preprocessed
 
@@ -65,17 +68,22 @@ class PatchSampler:
             start = tuple(int(rng.integers(min(0, n - p), max(0, n - p) + 1)) for n, p in zip(shape, self.patch))
         return PatchDraw(idx, start)
 
-    def read(self, draw: PatchDraw) -> tuple[np.ndarray, np.ndarray]:
-        """The patch (C, *patch) float32 and its labels (*patch) int64; outside the volume: image 0, label 0."""
+    def read(
+        self, draw: PatchDraw, size: Sequence[int] | None = None, pad_label: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The region of `size` (default: the patch) around the drawn patch, which starts size // 2 - patch // 2
+        voxels in (batchgenerators' centre crop): (C, *size) float32 and labels (*size) int64; outside the
+        volume the image is 0 and the label `pad_label`."""
         case = self.cases[draw.case]
         shape = case.image.shape[1:]
-        src = tuple(slice(max(s, 0), min(s + p, n)) for s, p, n in zip(draw.start, self.patch, shape))
-        dst = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(src, draw.start))
-        image = np.zeros((case.image.shape[0], *self.patch), dtype=np.float32)
-        label = np.zeros(self.patch, dtype=np.int64)
+        size = self.patch if size is None else tuple(int(s) for s in size)
+        origin = tuple(s - (r // 2 - p // 2) for s, r, p in zip(draw.start, size, self.patch))
+        src = tuple(slice(max(o, 0), min(o + r, n)) for o, r, n in zip(origin, size, shape))
+        dst = tuple(slice(sl.start - o, sl.stop - o) for sl, o in zip(src, origin))
+        image = np.zeros((case.image.shape[0], *size), dtype=np.float32)
+        label = np.full(size, pad_label, dtype=np.int64)
         image[(slice(None), *dst)] = case.image[(slice(None), *src)]
-        if case.label is not None:
-            label[dst] = case.label[src]
+        label[dst] = case.label[src] if case.label is not None else 0
         return image, label
 
     def batches(
@@ -87,15 +95,17 @@ class PatchSampler:
         rank: int = 0,
         world_size: int = 1,
         stream: int = 0,
+        read_size: Sequence[int] | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The epoch's batches for this rank: the global batch's draws, rank's contiguous slice read."""
+        """The epoch's batches for this rank: the global batch's draws, rank's contiguous slice read as regions
+        of `read_size` (default: the patch) with labels PAD_LABEL outside the scan, for augment_batch."""
         if global_batch % world_size:
             raise ValueError(f"batch size {global_batch} is not divisible by {world_size} processes")
         per_rank = global_batch // world_size
         rng = epoch_rng(seed, epoch, stream)
         for _ in range(iterations):
             draws = [self.draw(rng) for _ in range(global_batch)]
-            mine = [self.read(d) for d in draws[rank * per_rank : (rank + 1) * per_rank]]
+            mine = [self.read(d, read_size, PAD_LABEL) for d in draws[rank * per_rank : (rank + 1) * per_rank]]
             yield np.stack([m[0] for m in mine]), np.stack([m[1] for m in mine])
 
 

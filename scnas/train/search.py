@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from scnas.config import SearchConfig, TaskSettings, dataclass_to_dict, steps_per_epoch
-from scnas.data.augment import augment_batch
+from scnas.data.augment import augment_batch, spatial_read_size
 from scnas.data.plans import Plans, load_plans
 from scnas.data.sampler import PatchSampler, prefetch
 from scnas.data.splits import fold_cases, load_splits, split_for_search
@@ -123,8 +123,10 @@ class _Search:
         net.load_sampler_state(torch_generator(torch.device("cpu"), self.seed, epoch, 1).get_state())
         generator = torch_generator(device, self.seed, epoch, ctx.rank)
         args = (self.seed, epoch, self.steps, cfg.batch_size, ctx.rank, ctx.world_size)
+        read = spatial_read_size(self.w_sampler.patch, cfg.augmentation)
         pairs = zip(
-            prefetch(self.w_sampler.batches(*args, stream=0)), prefetch(self.a_sampler.batches(*args, stream=1))
+            prefetch(self.w_sampler.batches(*args, stream=0, read_size=read)),
+            prefetch(self.a_sampler.batches(*args, stream=1, read_size=read)),
         )
         w_total = torch.zeros((), device=device, dtype=torch.float64)
         a_total = torch.zeros((), device=device, dtype=torch.float64)
@@ -156,7 +158,7 @@ class _Search:
     ) -> torch.Tensor:
         """One Adam step on `params` (the weights or the alphas) with a freshly sampled architecture."""
         x, y = to_device(batch, self.device)
-        x, y = augment_batch(x, y, self.cfg.augmentation, generator)
+        x, y = augment_batch(x, y, self.cfg.augmentation, generator, self.w_sampler.patch)
         with self.precision.autocast():
             loss = jaccard_loss(self.net(x), y, reduce_sums=batch_sum_reducer(self.ctx))
         optimizer.zero_grad(set_to_none=True)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from scnas.config import TaskSettings, dataclass_to_dict, steps_per_epoch
-from scnas.data.augment import augment_batch
+from scnas.data.augment import augment_batch, spatial_read_size
 from scnas.data.plans import Plans, load_plans
 from scnas.data.sampler import PatchSampler, epoch_rng, prefetch
 from scnas.data.splits import fold_cases, load_splits
@@ -117,11 +117,14 @@ class _Training:
         lr = self.lr
         self.net.train()
         generator = torch_generator(device, self.seed, epoch, ctx.rank)
-        batches = prefetch(self.sampler.batches(self.seed, epoch, self.steps, cfg.batch_size, ctx.rank, ctx.world_size))
+        read = spatial_read_size(self.sampler.patch, cfg.augmentation)
+        batches = prefetch(
+            self.sampler.batches(self.seed, epoch, self.steps, cfg.batch_size, ctx.rank, ctx.world_size, read_size=read)
+        )
         total = torch.zeros((), device=device, dtype=torch.float64)
         for batch in progress(batches, self.steps, f"epoch {epoch + 1}/{cfg.max_epochs}", ctx.is_main):
             x, y = to_device(batch, device)
-            x, y = augment_batch(x, y, cfg.augmentation, generator)
+            x, y = augment_batch(x, y, cfg.augmentation, generator, self.sampler.patch)
             with self.precision.autocast():
                 loss = jaccard_loss(self.net(x), y, reduce_sums=self.pool)
             self.optimizer.zero_grad(set_to_none=True)
