@@ -47,3 +47,11 @@ def test_auto_epochs_are_one_pass_over_the_cases():
     assert steps_per_epoch("auto", 41, 4) == 11
     assert steps_per_epoch("auto", 3, 8) == 1
     assert steps_per_epoch(250, 41, 4) == 250
+
+
+def test_the_summary_tells_a_decided_search_from_a_near_uniform_one():
+    history = [{"genotype": "g"}] * 4
+    near = [{"diagnostics": {"a": {"entropy": 2.0, "max_prob": 0.21, "argmax_changes": 0}}}]
+    sharp = [{"diagnostics": {"a": {"entropy": 0.7, "max_prob": 0.8, "argmax_changes": 0}}}]
+    assert D.summary(history, near, 40, 40)["converged"] and not D.summary(history, near, 40, 40)["decisive"]
+    assert D.summary(history, sharp, 40, 40)["decisive"]

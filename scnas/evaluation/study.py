@@ -131,10 +131,14 @@ def search_notes(found: Found) -> list[str]:
             try:
                 data = read_json(summary)
                 stable, epochs, done = int(data["genotype_stable_since_epoch"]), int(data["epochs"]), data["converged"]
+                max_prob = float(data["mean_max_prob"])
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise ScnasError(f"{summary}: not a readable search summary ({type(e).__name__})") from None
             what = "converged" if done else "NOT converged (genotype still changing in the last 10 % of epochs)"
-            states.append(f"{path.parent.name} {what}, stable since epoch {stable} of {epochs}")
+            states.append(
+                f"{path.parent.name} {what}, stable since epoch {stable} of {epochs}, mean largest softmax(alpha) "
+                f"{max_prob:.3f}" + ("" if data.get("decisive") else " (near uniform: 0.125)")
+            )
         if states:
             notes.append(f"{task}: SCNAS searches: " + "; ".join(states) + ".")
     return notes

@@ -31,6 +31,8 @@ cells producing it have node width c_k = S * 2^k / N (S must be a multiple of N)
 
 So s0 of enc1/enc2/inter is reduced (factorised), s0 of dec1/dec2/dec3 and both inputs of an
 expansion cell are upsampled; the skip is the last encoder output (or the stem) at s1's level.
+A network may be built on another macro-structure (`macro=`, e.g. a single full-resolution cell for
+the planted-answer test); MACRO, the paper's, is the default.
 """
 
 from __future__ import annotations
@@ -85,7 +87,37 @@ MACRO: tuple[CellPlan, ...] = (
     CellPlan("dec3", "decoder_normal", 0, ("dec2", "exp3"), skip="stem"),
 )
 
-OUTPUT_LEVEL: dict[str, int] = {"stem": 0, **{plan.name: plan.level for plan in MACRO}}
+
+def output_levels(macro: Sequence[CellPlan]) -> dict[str, int]:
+    """Level of every tensor a macro-structure passes between cells: the stem's and each cell's output."""
+    return {"stem": 0, **{plan.name: plan.level for plan in macro}}
+
+
+def check_macro(macro: Sequence[CellPlan]) -> None:
+    """Refuse a macro-structure the cells cannot run: unknown cell types or names, inputs read before they
+    exist or more than one level away, levels outside 0..NUM_LEVELS-1, or a last cell off level 0."""
+    if not macro:
+        raise ValueError("a macro-structure needs at least one cell")
+    levels = {"stem": 0}
+    for plan in macro:
+        if plan.cell_type not in CELL_TYPES:
+            raise ValueError(f"cell {plan.name!r}: unknown cell type {plan.cell_type!r}")
+        if plan.name in levels:
+            raise ValueError(f"cell name {plan.name!r} is used twice")
+        if not 0 <= plan.level < NUM_LEVELS or not 0 <= plan.input_level < NUM_LEVELS:
+            raise ValueError(f"cell {plan.name!r}: level {plan.level} leaves 0..{NUM_LEVELS - 1}")
+        sources = (*plan.inputs, *(() if plan.skip is None else (plan.skip,)))
+        for src in sources:
+            if src not in levels:
+                raise ValueError(f"cell {plan.name!r} reads {src!r}, which is not the stem or an earlier cell")
+        for src in plan.inputs:
+            if abs(levels[src] - plan.input_level) > 1:
+                raise ValueError(f"cell {plan.name!r}: input {src!r} is more than one level away")
+        if plan.skip is not None and levels[plan.skip] != levels[plan.inputs[1]]:
+            raise ValueError(f"cell {plan.name!r}: skip {plan.skip!r} is not at the level of {plan.inputs[1]!r}")
+        levels[plan.name] = plan.level
+    if macro[-1].level != 0:
+        raise ValueError(f"the last cell ({macro[-1].name!r}) must output level 0, the output conv's input")
 
 
 def level_sizes(spatial: Sequence[int]) -> list[tuple[int, ...]]:
@@ -119,15 +151,21 @@ EdgeFactory = Callable[[str, int, int, int], "nn.Module | None"]
 class Cell(nn.Module):
     """One cell: preprocess both inputs, evaluate the DAG, concatenate the intermediate nodes."""
 
-    def __init__(self, plan: CellPlan, stem_channels: int, num_nodes: int, make_edge: EdgeFactory) -> None:
+    def __init__(
+        self,
+        plan: CellPlan,
+        stem_channels: int,
+        num_nodes: int,
+        make_edge: EdgeFactory,
+        levels: Mapping[str, int],
+    ) -> None:
+        """`levels` gives the output level of every tensor the macro-structure passes (output_levels)."""
         super().__init__()
         self.plan = plan
         self.num_nodes = num_nodes
         self.node_width = node_width(stem_channels, plan.level, num_nodes)
         self.pre0, self.pre1 = (
-            Preprocess(
-                level_channels(stem_channels, OUTPUT_LEVEL[src]), self.node_width, OUTPUT_LEVEL[src] - plan.input_level
-            )
+            Preprocess(level_channels(stem_channels, levels[src]), self.node_width, levels[src] - plan.input_level)
             for src in plan.inputs
         )
         self.edges = nn.ModuleDict()
@@ -175,12 +213,21 @@ def node_width(stem_channels: int, level: int, num_nodes: int = NUM_NODES) -> in
 
 
 class CellNetwork(nn.Module):
-    """Stem -> the 12 cells of MACRO -> 1x1x1 output conv; logits have the input's spatial size."""
+    """Stem -> the cells of `macro` (the paper's 12 of MACRO by default) -> 1x1x1 output conv; logits have
+    the input's spatial size."""
 
     def __init__(
-        self, in_channels: int, num_classes: int, stem_channels: int, num_nodes: int, make_edge: EdgeFactory
+        self,
+        in_channels: int,
+        num_classes: int,
+        stem_channels: int,
+        num_nodes: int,
+        make_edge: EdgeFactory,
+        macro: Sequence[CellPlan] | None = None,
     ) -> None:
         super().__init__()
+        macro = tuple(MACRO if macro is None else macro)
+        check_macro(macro)
         if min(in_channels, num_classes, num_nodes) < 1:
             raise ValueError("in_channels, num_classes and num_nodes must be positive")
         if stem_channels < num_nodes or stem_channels % num_nodes:
@@ -196,16 +243,18 @@ class CellNetwork(nn.Module):
             nn.Conv3d(in_channels, stem_channels, 3, padding=1, bias=False),
             nn.InstanceNorm3d(stem_channels, affine=True),
         )
-        self.cells = nn.ModuleList(Cell(plan, stem_channels, num_nodes, make_edge) for plan in MACRO)
+        self.macro = macro
+        levels = output_levels(macro)
+        self.cells = nn.ModuleList(Cell(plan, stem_channels, num_nodes, make_edge, levels) for plan in macro)
         self.out = nn.Conv3d(stem_channels, num_classes, 1)
 
     def run_cells(self, x: torch.Tensor, samples: Mapping[str, object] | None = None) -> torch.Tensor:
         """Forward pass; `samples` maps a cell type to the EdgeSample all its cells share."""
         sizes = level_sizes(x.shape[2:])
         outputs = {"stem": self.stem(x)}
-        for plan, cell in zip(MACRO, self.cells):
+        for plan, cell in zip(self.macro, self.cells):
             s0, s1 = (outputs[name] for name in plan.inputs)
             if plan.skip is not None:
                 s1 = s1 + outputs[plan.skip]
             outputs[plan.name] = cell(s0, s1, sizes, None if samples is None else samples[plan.cell_type])
-        return self.out(outputs[MACRO[-1].name])
+        return self.out(outputs[self.macro[-1].name])

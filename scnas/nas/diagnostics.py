@@ -14,6 +14,9 @@ import numpy as np
 
 STABLE_FRACTION = 0.1
 """A search has converged when its genotype did not change over at least this last fraction of epochs."""
+DECISIVE_MAX_PROB = 0.25
+"""Below this mean largest probability (2 / 8 operations) the argmax was taken from a near-uniform
+distribution: stable, perhaps right (the planted-answer test finds the answer at 0.21), but not decided."""
 
 
 def cell_figures(probs: Sequence[Sequence[float]], previous: Sequence[Sequence[float]] | None) -> dict[str, float]:
@@ -65,6 +68,7 @@ def summary(
     """The search's end state: the last epoch's figures, the steps taken, stability of the genotype."""
     genotypes = [row["genotype"] for row in history]
     last = alphas[-1]["diagnostics"] if alphas else {}
+    max_prob = sum(f["max_prob"] for f in last.values()) / len(last) if last else 0.0
     return {
         "epochs": len(history),
         "weight_steps": weight_steps,
@@ -73,4 +77,6 @@ def summary(
         "genotype_stable_since_epoch": stable_since(genotypes),
         "converged": converged(genotypes),
         "stable_fraction_required": STABLE_FRACTION,
+        "mean_max_prob": round(max_prob, 6),
+        "decisive": max_prob >= DECISIVE_MAX_PROB,
     }

@@ -8,10 +8,12 @@ generator seeded by `seed`, so DDP ranks built with the same seed sample the sam
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn as nn
 
-from scnas.nas.cells import CELL_TYPES, NUM_NODES, CellNetwork, cell_edges
+from scnas.nas.cells import CELL_TYPES, NUM_NODES, CellNetwork, CellPlan, cell_edges
 from scnas.nas.genotype import Genotype
 from scnas.nas.operations import OPERATIONS, OPS
 from scnas.nas.sampling import SAMPLINGS, EdgeSample, sample_edges
@@ -40,7 +42,11 @@ class MixedEdge(nn.Module):
 
 
 class SearchNetwork(CellNetwork):
-    """SCNAS search network; `sampling` is "two" (Algorithm 1), "all" (DARTS) or "one" (hard Gumbel)."""
+    """SCNAS search network; `sampling` is "two" (Algorithm 1), "all" (DARTS) or "one" (hard Gumbel).
+
+    `macro` replaces the paper's macro-structure (scnas.nas.cells.MACRO); every cell type keeps its
+    alpha, and a type the macro-structure does not use keeps its initial alpha.
+    """
 
     def __init__(
         self,
@@ -51,6 +57,7 @@ class SearchNetwork(CellNetwork):
         num_nodes: int = NUM_NODES,
         seed: int = 0,
         tau: float = 1.0,
+        macro: Sequence[CellPlan] | None = None,
     ) -> None:
         if sampling not in SAMPLINGS:
             raise ValueError(f"unknown sampling {sampling!r}; expected one of {', '.join(SAMPLINGS)}")
@@ -60,6 +67,7 @@ class SearchNetwork(CellNetwork):
             stem_channels,
             num_nodes,
             lambda cell_type, index, channels, stride: MixedEdge(channels, stride),
+            macro,
         )
         self.sampling = sampling
         self.cell_types = CELL_TYPES

@@ -261,6 +261,13 @@ def search(req: SearchRequest, ctx: DistContext | None = None) -> dict[str, Any]
                     result["genotype_stable_since_epoch"],
                     len(history),
                 )
+            if not result["decisive"]:
+                log.warning(
+                    "softmax(alpha) is still near uniform (mean largest probability %.3f, uniform %.3f): the genotype "
+                    "is an argmax of small differences; search longer or raise search.alpha_lr",
+                    result["mean_max_prob"],
+                    1 / 8,
+                )
             save_genotype(
                 genotype_path,
                 stage.net.genotype(),
