@@ -34,5 +34,18 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check scnas tests benchmarks
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint
 
+# Every benchmark against its peer (nnU-Net v2, batchgeneratorsv2, MONAI, SimpleITK), agreement checked
+# first, then interleaved timings: benchmarks/results/<machine>.json and .md. The peers come from the
+# `bench` extra. BENCH_ARGS=--quick for tiny sizes, BENCH_ARGS="--only NAME ..." for some of them.
+BENCH_STAMP := $(VENV)/.bench-installed
+.PHONY: bench
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
 clean-demo:
 	rm -rf results/Demo*
