@@ -6,7 +6,16 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS := envs/constraints-cpu.txt
 JOBS ?= 2
 
-.PHONY: test demo demo-slurm venv lint clean-demo
+# `make report`: bring a study up to date through PROFILE (CONFIGS layered over config.yaml) and write
+# REPORT, e.g. make report PROFILE=profiles/slurm CONFIGS=my-study.yaml REPORT=results/report.html
+PROFILE ?= profiles/slurm
+CONFIGS ?=
+REPORT ?= results/report.html
+SNAKEMAKE = PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake
+# The cell diagrams need Graphviz's `dot`, which pip cannot install.
+NEED_DOT = @command -v dot >/dev/null || { echo "make $@: Graphviz's dot is missing (it draws the report's cell diagrams): sudo apt-get install -y graphviz (conda: conda install -c conda-forge graphviz)"; exit 1; }
+
+.PHONY: test demo demo-slurm report venv lint clean-demo
 
 venv: $(STAMP)
 
@@ -20,13 +29,21 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/local --cores $(JOBS)
-	@echo; cat results/cv_table.md
+	$(NEED_DOT)
+	$(SNAKEMAKE) --profile profiles/local --cores $(JOBS)
+	$(SNAKEMAKE) --profile profiles/local --cores $(JOBS) --report results/report.html
+	@echo; cat results/cv_table.md; echo; echo "report: results/report.html"
 
 # The demo study through SLURM jobs (profiles/slurm) on CPU nodes, into results-slurm/.
 demo-slurm: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --profile profiles/slurm --configfiles config/demo.yaml config/demo-slurm.yaml
 	@echo; cat results-slurm/cv_table.md
+
+report: $(STAMP)
+	$(NEED_DOT)
+	$(SNAKEMAKE) --profile $(PROFILE) $(if $(CONFIGS),--configfiles $(CONFIGS))
+	$(SNAKEMAKE) --profile $(PROFILE) $(if $(CONFIGS),--configfiles $(CONFIGS)) --report $(REPORT)
+	@echo "report: $(REPORT)"
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'

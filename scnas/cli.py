@@ -346,6 +346,101 @@ def _run_heavy(args: argparse.Namespace, settings, rule: str, target: str, kwarg
         log.info("%s finished: %s", rule, json.dumps(result, default=str))
 
 
+# ---------------------------------------------------------------------------------------------- figures
+
+
+def cmd_plot_genotype(args: argparse.Namespace) -> None:
+    from scnas.io import ensure_output_dir
+    from scnas.nas.genotype import load_genotype
+    from scnas.report.cells import genotype_graph, render
+    from scnas.report.dot import require_dot
+    from scnas.report.study import genotype_label
+
+    if len(args.genotype) > 2:
+        raise ScnasError(f"give one genotype, or two to set side by side (got {len(args.genotype)})")
+    if args.titles and len(args.titles) != len(args.genotype):
+        raise ScnasError(f"--titles: give one title per genotype ({len(args.genotype)})")
+    require_dot()
+    genotypes = [load_genotype(g) for g in args.genotype]
+    titles = args.titles or [genotype_label(Path(g)) for g in args.genotype]
+    out = ensure_output_dir(args.out, "figure folder")
+    if len(genotypes) == 2:
+        heading = f"{titles[0]} vs {titles[1]}: thick edges agree, dashed edges differ"
+        graph = genotype_graph(genotypes, titles, heading)
+    else:
+        graph = genotype_graph(genotypes, [""], f"{titles[0]}: searched cells")
+    name = args.name or ("comparison" if len(genotypes) == 2 else "cells")
+    for path in render(graph, out / name):
+        log.info("wrote %s", path)
+
+
+def _figures_out(args: argparse.Namespace) -> str:
+    from scnas.io import ensure_output_dir
+
+    root = args.out or args.results
+    if not Path(args.results).is_dir():
+        raise ScnasError(f"{args.results}: results folder not found")
+    ensure_output_dir(root, "figure folder", create=False)
+    return root
+
+
+def _report_written(what: str, paths: Sequence[str], started: float) -> None:
+    import time
+
+    for path in paths:
+        log.info("wrote %s", path)
+    log.info("drew %d %s files in %.1f s", len(paths), what, time.monotonic() - started)
+
+
+def cmd_plot_part(args: argparse.Namespace) -> None:
+    """One part of a task's figures (search, training, overlays, summary) into RESULTS/TASK/report/."""
+    import time
+
+    from scnas.report import study
+
+    started = time.monotonic()
+    out = _figures_out(args)
+    if args.action == "search":
+        if args.compare and args.no_compare:
+            raise ScnasError("--compare and --no-compare exclude each other")
+        compare = tuple(Path(p) for p in args.compare) if args.compare else None
+        written = study.draw_search(
+            args.results,
+            args.task,
+            args.folds,
+            compare,
+            out=out,
+            auto_compare=not args.no_compare,
+            cells=not args.no_cells,
+        )
+    elif args.action == "training":
+        written = study.draw_training(args.results, args.task, args.runs, args.folds, out=out)
+    elif args.action == "overlays":
+        written = study.draw_overlays(args.results, args.task, args.folds, args.dataset, out=out)
+    elif args.task:
+        written = study.draw_summary(args.results, args.task, out=out)
+    else:
+        written = [study.draw_study_table(args.results, out)]
+    _report_written(args.action, written, started)
+
+
+def cmd_plot_study(args: argparse.Namespace) -> None:
+    """Every figure the results folder allows, for every task (or those given)."""
+    import time
+
+    from scnas.report.study import draw_study
+
+    started = time.monotonic()
+    out = _figures_out(args)
+    _report_written("study", draw_study(args.results, args.task, out=out), started)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from scnas.report.status import format_status, study_status
+
+    print(format_status(study_status(args.results), args.results))
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -465,6 +560,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print", action="store_true", help="print the Markdown table")
     _common(p, config=False)
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("plot", help="draw a study's figures: cell diagrams, search dynamics, curves, overlays")
+    plots = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = plots.add_parser("genotype", help="a genotype's four cells as DAGs (SVG + PNG); two side by side")
+    q.add_argument("genotype", nargs="+", metavar="GENOTYPE_JSON", help="one genotype.json, or two to compare")
+    q.add_argument("--out", required=True, metavar="DIR", help="folder to write NAME.svg and NAME.png into")
+    q.add_argument("--name", help="file name without extension (default: cells, or comparison for two)")
+    q.add_argument("--titles", nargs="+", help="a title per genotype (default: task and fold from the file)")
+    _common(q, config=False)
+    q.set_defaults(func=cmd_plot_genotype)
+    parts = {
+        "search": "per searched fold its cells and dynamics; the folds' agreement; two genotypes compared",
+        "training": "training curves of every trained fold, and of all folds per model",
+        "overlays": "best, median and worst validation case of every evaluated fold, every model's prediction",
+        "summary": "Dice box plots, cost per model and the CV table (HTML); without --task the study's table",
+    }
+    for action, text in parts.items():
+        q = plots.add_parser(action, help=text)
+        q.add_argument("--results", default="results", help="the study's results folder (default: results)")
+        q.add_argument("--task", required=action != "summary", help="the task folder under RESULTS")
+        q.add_argument("--out", metavar="DIR", help="write RESULTS-like DIR/TASK/report/ (default: RESULTS)")
+        if action != "summary":
+            q.add_argument("--folds", type=int, nargs="+", help="only these folds (default: every one found)")
+        if action == "search":
+            q.add_argument("--compare", nargs=2, metavar="GENOTYPE_JSON", help="the two genotypes to compare")
+            q.add_argument("--no-compare", action="store_true", help="draw no comparison")
+            q.add_argument("--no-cells", action="store_true", help="leave out what Graphviz draws (no `dot`)")
+        if action == "training":
+            q.add_argument("--runs", nargs="+", metavar="MODEL_DIR", help="only these model folders")
+        if action == "overlays":
+            q.add_argument("--dataset", help="the task's MSD folder (default: the one check.json records)")
+        _common(q, config=False)
+        q.set_defaults(func=cmd_plot_part)
+    q = plots.add_parser("study", help="every figure a results folder allows, into RESULTS/TASK/report/")
+    q.add_argument("--results", default="results", help="the study's results folder (default: results)")
+    q.add_argument("--task", action="append", help="only this task (repeatable)")
+    q.add_argument("--out", metavar="DIR", help="write RESULTS-like DIR/TASK/report/ (default: RESULTS)")
+    _common(q, config=False)
+    q.set_defaults(func=cmd_plot_study)
+
+    p = sub.add_parser("status", help="per task, model and fold: done, running (job, epoch, time left) or failed")
+    p.add_argument("--results", default="results", help="the study's results folder (default: results)")
+    _common(p, config=False)
+    p.set_defaults(func=cmd_status)
     return parser
 
 

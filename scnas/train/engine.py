@@ -110,7 +110,8 @@ def write_csv_log(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def progress(iterable, total: int, desc: str, main: bool):
-    """A tqdm bar on rank 0 (SCNAS_PROGRESS=0 hides it); refreshed rarely when stderr is a log file."""
+    """A tqdm bar with the time left, on rank 0 and only on a terminal: in a log file the loops write one
+    line per epoch (or case) instead of carriage-return redraws. SCNAS_PROGRESS=0 hides it everywhere."""
     from tqdm import tqdm
 
     return tqdm(
@@ -118,8 +119,7 @@ def progress(iterable, total: int, desc: str, main: bool):
         total=total,
         desc=desc,
         leave=False,
-        disable=not main or os.environ.get("SCNAS_PROGRESS", "1") == "0",
-        mininterval=1.0 if sys.stderr.isatty() else 60.0,
+        disable=not main or not sys.stderr.isatty() or os.environ.get("SCNAS_PROGRESS", "1") == "0",
     )
 
 
