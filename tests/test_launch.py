@@ -343,7 +343,7 @@ def test_sigterm_while_waiting_stops_the_local_job(tmp_path):
         workers = descendants(waiting.pid)
         assert len(workers) >= 3  # the controller and two ranks
         waiting.send_signal(signal.SIGTERM)
-        _, err = waiting.communicate(timeout=30)
+        _, err = waiting.communicate(timeout=90)
     finally:
         waiting.kill()
     assert waiting.returncode == 128 + signal.SIGTERM

@@ -68,16 +68,12 @@ def test_preempted_training_job_resumes_and_ends_like_an_uninterrupted_run(tiny_
         "settings": dataclass_to_dict(stage),
     }
     reference = tmp_path / "reference"
-    run_job(
-        Job(
-            "ref",
-            "scnas.launch.targets:train_target",
-            {**kwargs, "out_dir": str(reference)},
-            stage.launcher.resources("train"),
-            tmp_path / "logs-ref",
-        ),
-        dataclasses.replace(stage.launcher, executor="inprocess"),
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as many threads as the job's one CPU: equal float summation order
+    try:
+        _reference_run(kwargs, reference, stage, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
 
     out = tmp_path / "preempted"
     job = Job(
@@ -113,6 +109,19 @@ def test_preempted_training_job_resumes_and_ends_like_an_uninterrupted_run(tiny_
     assert [r["train_loss"] for r in _rows(out / "training_log.csv")] == [
         r["train_loss"] for r in _rows(reference / "training_log.csv")
     ]
+
+
+def _reference_run(kwargs: dict, reference: Path, stage, tmp_path: Path) -> None:
+    run_job(
+        Job(
+            "ref",
+            "scnas.launch.targets:train_target",
+            {**kwargs, "out_dir": str(reference)},
+            stage.launcher.resources("train"),
+            tmp_path / "logs-ref",
+        ),
+        dataclasses.replace(stage.launcher, executor="inprocess"),
+    )
 
 
 def _study(tmp_path: Path, **train) -> list[str]:
@@ -172,7 +181,7 @@ def test_a_failing_job_fails_its_rule_with_job_id_state_and_log_tail(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_interrupting_snakemake_cancels_its_slurm_jobs(tmp_path):
-    args = _study(tmp_path, max_epochs=200, iterations_per_epoch=20)
+    args = _study(tmp_path, max_epochs=200, iterations_per_epoch=20, patience=1000)  # no early stop on min_lr
     target = str(tmp_path / "results" / "Tiny" / "uresnet" / "fold_0" / "checkpoint_final.pt")
     proc = subprocess.Popen(
         [str(BIN / "snakemake"), *args, target],
