@@ -70,6 +70,11 @@ class TargetCall:
         os.environ["CUDA_VISIBLE_DEVICES"] = rank_devices(
             os.environ.get("CUDA_VISIBLE_DEVICES"), env.local_rank, self.job.resources.gpus_per_node or 0
         )
+        if self.job.resources.cpus_per_task:
+            import torch
+
+            # A rank computes on the CPUs it was given, not on every core of the node it shares.
+            torch.set_num_threads(self.job.resources.cpus_per_task)
         return resolve_target(self.job.target, self.job.name)(**self.job.kwargs)
 
     def checkpoint(self) -> Any:
