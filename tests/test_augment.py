@@ -200,6 +200,132 @@ def test_each_transform_is_applied_per_sample_and_skipped_samples_stay_bit_ident
             assert torch.equal(out_label[i], label[i])
 
 
+TRANSFORMS_WITH_A_COIN = [
+    "p_rotation",
+    "p_scaling",
+    "p_noise",
+    "p_blur",
+    "p_brightness",
+    "p_contrast",
+    "p_low_resolution",
+    "p_gamma_invert",
+    "p_gamma",
+]
+
+
+@pytest.mark.parametrize("name", TRANSFORMS_WITH_A_COIN)
+@pytest.mark.parametrize("channels, dtype", [(1, torch.float32), (2, torch.float32), (2, torch.float64)])
+def test_samples_that_draw_a_transform_get_what_the_whole_batch_would_and_the_others_stay_untouched(
+    name, channels, dtype
+):
+    """With p = 1/2 and p = 1 the generator gives the same coins' uniforms and the same parameters, so each
+    sample (channel, for blur and low resolution) that draws the transform at p = 1/2 must equal the p = 1 result
+    bit for bit, whichever other samples drew it, and every other one must equal its input's centre crop."""
+    patch = (9, 8, 10)
+    region = spatial_read_size(patch, DEFAULTS)
+    image, label = batch(b=8, c=channels, shape=region, classes=4, seed=3)
+    image = image.to(dtype)
+    label[:, :2] = -1
+    half = augment_batch(image, label, cfg(**{name: 0.5}), gen(21), patch)
+    full = augment_batch(image, label, cfg(**{name: 1.0}), gen(21), patch)
+    crop, crop_label = centre_crop(image, patch), centre_crop(label, patch).clamp_min(0)
+    drawn = untouched = 0
+    per_channel = name in ("p_blur", "p_low_resolution")
+    for i in range(8):
+        units = [(i, c) for c in range(channels)] if per_channel else [(i, slice(None))]
+        for index in units:
+            if torch.equal(half[0][index], crop[index]):
+                untouched += 1
+                assert torch.equal(half[1][i], crop_label[i]) or per_channel
+            else:
+                drawn += 1
+                assert torch.equal(half[0][index], full[0][index])
+                assert torch.equal(half[1][i], full[1][i])
+    assert drawn and untouched
+
+
+def test_the_callers_tensors_are_never_written():
+    """Transforms work in place on the batch's own copy: the input stays as it was, also where the patch is the
+    whole region (the centre crop is then the input itself)."""
+    image, label = batch(b=4, c=2, shape=(10, 9, 8), classes=4, seed=5)
+    label[:, 0] = -1
+    everything = dataclasses.replace(DEFAULTS, **{f: 1.0 for f in TRANSFORMS_WITH_A_COIN}, p_mirror=0.5)
+    for config, seed in itertools.product((DEFAULTS, everything, cfg(p_mirror=1.0)), range(3)):
+        before = image.clone(), label.clone()
+        out_image, out_label = augment_batch(image, label, config, gen(seed))
+        assert torch.equal(image, before[0]) and torch.equal(label, before[1])
+        assert out_image.data_ptr() != image.data_ptr() or torch.equal(out_image, image)
+
+
+def test_results_do_not_depend_on_earlier_calls():
+    """Scratch buffers are kept between calls: a call after others of other shapes gives what a first call gives."""
+    image, label = batch(b=3, c=1, shape=(14, 13, 12), classes=3, seed=6)
+    spin = cfg(p_rotation=1.0, p_scaling=1.0, p_noise=1.0)
+    first = augment_batch(image, label, spin, gen(7), (10, 9, 8))
+    for shape in ((20, 22, 18), (8, 8, 8)):
+        other_image, other_label = batch(b=5, c=2, shape=shape, classes=6, seed=8)
+        augment_batch(other_image, other_label, spin, gen(9))
+    again = augment_batch(image, label, spin, gen(7), (10, 9, 8))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+def reference_label_warp(label: torch.Tensor, matrix: torch.Tensor, patch) -> torch.Tensor:
+    """batchgenerators' label resampling, written out directly: per label present (and 0), grid_sample of its
+    indicator x 1000 (outside the region label 0's indicator is 1), as float16; the first label with the top
+    score; the nearest neighbour's label wherever its own score ties for the top."""
+    region = label.shape[1:]
+    offsets = [torch.linspace((1 - p) / 2, (p - 1) / 2, p) for p in patch]
+    coords = torch.stack(torch.meshgrid(*offsets, indexing="ij"), dim=-1).reshape(1, -1, 3).expand(len(label), -1, 3)
+    source = torch.matmul(coords, matrix.float().transpose(1, 2)).reshape(len(label), *patch, 3)
+    grid = (source / torch.tensor([s / 2 for s in region])).flip(-1)
+
+    def sample(volume, mode):
+        return torch.nn.functional.grid_sample(volume[:, None], grid, mode=mode, align_corners=False)[:, 0]
+
+    nearest = sample(label.float(), "nearest").long()
+    classes = sorted(set(label.unique().tolist()) | {0})
+    scores = torch.stack(
+        [
+            (
+                sample((label == u).float() * 1000 - 1000, "bilinear") + 1000
+                if u == 0
+                else sample((label == u).float() * 1000, "bilinear")
+            ).half()
+            for u in classes
+        ]
+    )
+    best = scores.max(0).values
+    first = torch.tensor(classes)[(scores == best).float().argmax(0)]
+    own = scores.gather(0, torch.searchsorted(torch.tensor(classes), nearest)[None])[0]
+    return torch.where(own == best, nearest, first)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_label_resampling_matches_a_direct_reference_with_ties_padding_and_reaching_outside(seed):
+    """Scalings by 1/2 and 3/2 put many voxels exactly between labels (ties, settled by the nearest neighbour);
+    the region is small enough that some grids reach outside it; labels include -1 and a gap (no 2)."""
+    g = gen(seed)
+    region, patch = (14, 13, 15), (12, 12, 12)
+    label = torch.randint(-1, 4, (8, *region), generator=g)
+    label[label == 2] = 5
+    matrices = torch.cat(
+        [
+            torch.stack([torch.eye(3) * 0.5, torch.eye(3) * 1.5, torch.diag(torch.tensor([0.5, 1.0, 1.5]))]),
+            rotation_matrices(torch.rand(5, 3, generator=g) * 2 - 1) * (0.7 + 0.6 * torch.rand(5, 1, 1, generator=g)),
+        ]
+    )
+    image = torch.randn(8, 1, *region, generator=g)
+    _, got = warp(image, label, matrices, patch)
+    assert torch.equal(got, reference_label_warp(label, matrices, patch))
+
+
+def test_labels_beyond_float32s_integers_are_rejected():
+    image, label = batch(b=2, c=1, shape=(8, 8, 8))
+    label[0, 0, 0, 0] = 1 << 25
+    with pytest.raises(ValueError, match="not class indices"):
+        augment_batch(image, label, cfg(p_rotation=1.0), gen())
+
+
 def test_default_augmentation_crops_regions_to_patches_and_keeps_types():
     patch = (10, 8, 12)
     region = spatial_read_size(patch, DEFAULTS)
@@ -443,6 +569,25 @@ def test_sampler_regions_are_centred_on_the_patch_and_padded_as_nnunet_pads():
     # the region starts 15 // 2 - 8 // 2 = 3 voxels before the patch, which starts at x = 1: two outside
     assert (label[:2] == -1).all() and (image[:, :2] == 0).all()
     np.testing.assert_array_equal(label[2:], case.label[: 15 - 2, 6 - 2 : 6 - 2 + 13, 4 - 2 : 4 - 2 + 12])
+
+
+def test_sampler_regions_larger_than_the_case_are_padded_on_every_side_like_np_pad():
+    case = synthetic_case((7, 6, 5))
+    sampler = PatchSampler([case], (4, 4, 4), foreground_fraction=0.0)
+    size, start = (15, 12, 11), (1, 0, 2)
+    image, label = sampler.read(PatchDraw(0, start), size, pad_label=-1)
+    assert image.dtype == np.float32 and label.dtype == np.int16
+    origin = [s - (r // 2 - 2) for s, r in zip(start, size)]
+    widths = [(-o, o + r - n) for o, r, n in zip(origin, size, case.label.shape)]
+    assert all(before > 0 and after > 0 for before, after in widths)
+    np.testing.assert_array_equal(image, np.pad(case.image, [(0, 0), *widths], constant_values=0))
+    np.testing.assert_array_equal(label, np.pad(case.label, widths, constant_values=-1))
+    ((batch_image, batch_label),) = sampler.batches(seed=2, epoch=0, iterations=1, global_batch=2, read_size=size)
+    rng = np.random.default_rng([2, 0, 0])
+    for i in range(2):
+        expected_image, expected_label = sampler.read(sampler.draw(rng), size, pad_label=-1)
+        np.testing.assert_array_equal(batch_image[i], expected_image)
+        np.testing.assert_array_equal(batch_label[i], expected_label)
 
 
 def test_augmenting_sampled_regions_without_spatial_transforms_gives_the_patches():

@@ -72,19 +72,31 @@ class PatchSampler:
         self, draw: PatchDraw, size: Sequence[int] | None = None, pad_label: int = 0
     ) -> tuple[np.ndarray, np.ndarray]:
         """The region of `size` (default: the patch) around the drawn patch, which starts size // 2 - patch // 2
-        voxels in (batchgenerators' centre crop): (C, *size) float32 and labels (*size) int64; outside the
-        volume the image is 0 and the label `pad_label`."""
+        voxels in (batchgenerators' centre crop): (C, *size) float32 and labels (*size) int16, the store's
+        label type; outside the volume the image is 0 and the label `pad_label`."""
+        size = self.patch if size is None else tuple(int(s) for s in size)
+        image = np.empty((self.cases[draw.case].image.shape[0], *size), dtype=np.float32)
+        label = np.empty(size, dtype=np.int16)
+        self._read_into(draw, size, pad_label, image, label)
+        return image, label
+
+    def _read_into(
+        self, draw: PatchDraw, size: tuple[int, ...], pad_label: int, image: np.ndarray, label: np.ndarray
+    ) -> None:
+        """read() into given arrays, each voxel written once: the part inside the volume copied, the slabs
+        outside it filled."""
         case = self.cases[draw.case]
         shape = case.image.shape[1:]
-        size = self.patch if size is None else tuple(int(s) for s in size)
         origin = tuple(s - (r // 2 - p // 2) for s, r, p in zip(draw.start, size, self.patch))
         src = tuple(slice(max(o, 0), min(o + r, n)) for o, r, n in zip(origin, size, shape))
         dst = tuple(slice(sl.start - o, sl.stop - o) for sl, o in zip(src, origin))
-        image = np.zeros((case.image.shape[0], *size), dtype=np.float32)
-        label = np.full(size, pad_label, dtype=np.int64)
+        for axis, (inside, r) in enumerate(zip(dst, size)):
+            for outside in (slice(0, inside.start), slice(inside.stop, r)):
+                index = tuple(outside if a == axis else slice(None) for a in range(3))
+                image[(slice(None), *index)] = 0
+                label[index] = pad_label
         image[(slice(None), *dst)] = case.image[(slice(None), *src)]
         label[dst] = case.label[src] if case.label is not None else 0
-        return image, label
 
     def batches(
         self,
@@ -98,15 +110,21 @@ class PatchSampler:
         read_size: Sequence[int] | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The epoch's batches for this rank: the global batch's draws, rank's contiguous slice read as regions
-        of `read_size` (default: the patch) with labels PAD_LABEL outside the scan, for augment_batch."""
+        of `read_size` (default: the patch) with labels PAD_LABEL outside the scan, for augment_batch; each
+        sample read straight into the batch arrays."""
         if global_batch % world_size:
             raise ValueError(f"batch size {global_batch} is not divisible by {world_size} processes")
         per_rank = global_batch // world_size
+        size = self.patch if read_size is None else tuple(int(s) for s in read_size)
+        channels = self.cases[0].image.shape[0]
         rng = epoch_rng(seed, epoch, stream)
         for _ in range(iterations):
             draws = [self.draw(rng) for _ in range(global_batch)]
-            mine = [self.read(d, read_size, PAD_LABEL) for d in draws[rank * per_rank : (rank + 1) * per_rank]]
-            yield np.stack([m[0] for m in mine]), np.stack([m[1] for m in mine])
+            images = np.empty((per_rank, channels, *size), dtype=np.float32)
+            labels = np.empty((per_rank, *size), dtype=np.int16)
+            for i, d in enumerate(draws[rank * per_rank : (rank + 1) * per_rank]):
+                self._read_into(d, size, PAD_LABEL, images[i], labels[i])
+            yield images, labels
 
 
 def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
