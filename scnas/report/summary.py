@@ -181,8 +181,8 @@ def plot_costs(task_dir: str | os.PathLike, out: str | os.PathLike, title: str =
     axes = fig.subplots(1, len(panels))
     for ax, (name, values, fmt) in zip(axes, panels):
         means = [float(np.mean(v)) if v else 0.0 for v in values]
-        low = [m - min(v) if v else 0 for m, v in zip(means, values)]
-        high = [max(v) - m if v else 0 for m, v in zip(means, values)]
+        low = [max(0.0, m - min(v)) if v else 0 for m, v in zip(means, values)]  # equal values: mean - min ~ -1e-17
+        high = [max(0.0, max(v) - m) if v else 0 for m, v in zip(means, values)]
         ax.bar(range(len(models)), means, yerr=[low, high], capsize=4, color=[style.model_colour(m) for m in models])
         for k, (m, v) in enumerate(zip(means, values)):
             ax.annotate(
