@@ -30,7 +30,7 @@ import numpy as np
 from benchmarks import peers
 from benchmarks.timing import Options, Section, Timing, time_interleaved
 
-HIPPOCAMPUS = Path("/work/shared/data/Task04_Hippocampus")
+HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "data" / "Task04_Hippocampus"  # data_root's default
 IMAGE_TOLERANCE = 5e-3
 RESAMPLED_CORRELATION = 0.95
 BIN = Path(sys.executable).parent

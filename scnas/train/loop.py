@@ -18,8 +18,11 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 
+from scnas.data.plans import Plans, load_plans
+from scnas.data.splits import fold_cases, load_splits
 from scnas.errors import ScnasError
 from scnas.fingerprint import Provenance, describe_differences
+from scnas.io import ensure_output_dir
 from scnas.locking import folder_lock, remove_stale_temporaries
 from scnas.train.checkpoint import load_checkpoint, save_checkpoint
 from scnas.train.distributed import DistContext
@@ -60,6 +63,18 @@ def output_lock(ctx: DistContext, folder: Path, what: str, outputs: Sequence[str
         if error:
             raise ScnasError(error)
         yield
+
+
+def fold_inputs(
+    ctx: DistContext, out_dir: Path, what: str, preprocessed: Path, splits: Path, fold: int
+) -> tuple[Plans, list[str], list[str]]:
+    """Check the output folder (rank 0), then the plans and the fold's (train, val) cases, all validated."""
+    if ctx.is_main:
+        ensure_output_dir(out_dir, what)
+    ctx.barrier()
+    plans = load_plans(preprocessed)
+    train_ids, val_ids = fold_cases(load_splits(splits, plans.case_ids), fold, str(splits))
+    return plans, train_ids, val_ids
 
 
 def reusable(stored: Any, current: Provenance, source: Path, what: str) -> bool:

@@ -20,11 +20,11 @@ import torch
 
 from scnas.config import SearchConfig, TaskSettings, dataclass_to_dict, steps_per_epoch
 from scnas.data.augment import augment_batch, spatial_read_size
-from scnas.data.plans import Plans, load_plans
+from scnas.data.plans import Plans
 from scnas.data.sampler import PatchSampler, prefetch
-from scnas.data.splits import fold_cases, load_splits, split_for_search
+from scnas.data.splits import split_for_search
 from scnas.fingerprint import Provenance
-from scnas.io import ensure_output_dir, read_json, write_json
+from scnas.io import read_json, write_json
 from scnas.layout import GENOTYPE
 from scnas.nas import SearchNetwork, diagnostics
 from scnas.nas.genotype import save_genotype
@@ -39,7 +39,7 @@ from scnas.train.engine import (
     to_device,
     torch_generator,
 )
-from scnas.train.loop import finish, output_lock, reusable, run_epochs
+from scnas.train.loop import finish, fold_inputs, output_lock, reusable, run_epochs
 from scnas.train.loss import jaccard_loss
 from scnas.train.training import fold_fingerprint
 
@@ -205,12 +205,8 @@ def search(req: SearchRequest, ctx: DistContext | None = None) -> dict[str, Any]
     """Run (or resume, or reuse when done with identical settings) the architecture search of one fold."""
     ctx = ctx or init_distributed()
     out = Path(req.out_dir)
-    if ctx.is_main:
-        ensure_output_dir(out, "search output folder")
-    ctx.barrier()
     cfg = req.settings.search
-    plans = load_plans(req.preprocessed)
-    train_ids, val_ids = fold_cases(load_splits(req.splits, plans.case_ids), req.fold, str(req.splits))
+    plans, train_ids, val_ids = fold_inputs(ctx, out, "search output folder", req.preprocessed, req.splits, req.fold)
     provenance = search_provenance(req, plans, fold_fingerprint(train_ids, val_ids))
     seed = req.settings.seed * 1000 + req.fold
     weight_ids, arch_ids = split_for_search(train_ids, cfg.arch_fraction, seed)

@@ -17,11 +17,10 @@ import torch
 
 from scnas.config import TaskSettings, dataclass_to_dict, steps_per_epoch
 from scnas.data.augment import augment_batch, spatial_read_size
-from scnas.data.plans import Plans, load_plans
+from scnas.data.plans import Plans
 from scnas.data.sampler import PatchSampler, epoch_rng, prefetch
-from scnas.data.splits import fold_cases, load_splits
 from scnas.fingerprint import Provenance, fingerprint
-from scnas.io import ensure_output_dir, write_json
+from scnas.io import write_json
 from scnas.layout import CHECKPOINT, MODEL_INFO
 from scnas.models.factory import build_model, describe
 from scnas.models.spec import flops_report, model_spec
@@ -36,7 +35,7 @@ from scnas.train.engine import (
     to_device,
     torch_generator,
 )
-from scnas.train.loop import finish, output_lock, reusable, run_epochs
+from scnas.train.loop import finish, fold_inputs, output_lock, reusable, run_epochs
 from scnas.train.loss import jaccard_loss
 
 log = logging.getLogger("scnas.train")
@@ -164,11 +163,7 @@ def train(req: TrainRequest, ctx: DistContext | None = None) -> dict[str, Any]:
     """Train (or resume, or reuse when final with identical settings) one fold; returns a short summary."""
     ctx = ctx or init_distributed()
     out = Path(req.out_dir)
-    if ctx.is_main:
-        ensure_output_dir(out, "training output folder")
-    ctx.barrier()
-    plans = load_plans(req.preprocessed)
-    train_ids, val_ids = fold_cases(load_splits(req.splits, plans.case_ids), req.fold, str(req.splits))
+    plans, train_ids, val_ids = fold_inputs(ctx, out, "training output folder", req.preprocessed, req.splits, req.fold)
     spec = model_spec(req.model, plans, req.settings.train, req.genotype)
     provenance = training_provenance(req, spec, plans, fold_fingerprint(train_ids, val_ids))
     final_path = out / CHECKPOINT
