@@ -179,11 +179,6 @@ def test_a_failing_job_fails_its_rule_with_job_id_state_and_log_tail(tmp_path):
     assert "_seg.npy" in shown  # the job's own error, from its log tail
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="passes alone, times out waiting for the stopped job in the full suite since this session's "
-    "changes; not yet understood (see the closing note)",
-)
 @pytest.mark.timeout(300)
 def test_interrupting_snakemake_cancels_its_slurm_jobs(tmp_path):
     args = _study(tmp_path, max_epochs=200, iterations_per_epoch=20, patience=1000)  # no early stop on min_lr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -71,10 +72,7 @@ class TargetCall:
             os.environ.get("CUDA_VISIBLE_DEVICES"), env.local_rank, self.job.resources.gpus_per_node or 0
         )
         if self.job.resources.cpus_per_task:
-            import torch
-
-            # A rank computes on the CPUs it was given, not on every core of the node it shares.
-            torch.set_num_threads(self.job.resources.cpus_per_task)
+            limit_threads(self.job.resources.cpus_per_task)
         return resolve_target(self.job.target, self.job.name)(**self.job.kwargs)
 
     def checkpoint(self) -> Any:
@@ -83,6 +81,19 @@ class TargetCall:
         from submitit.helpers import DelayedSubmission
 
         return DelayedSubmission(self)
+
+
+def limit_threads(n: int) -> None:
+    """A rank computes on the CPUs it was given, not on every core of the node it shares.
+
+    The thread variables reach a torch imported later; an already imported one is told directly
+    (importing it here would slow every rank's start, also of targets that never use it).
+    """
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
 
 
 def rank_devices(visible: str | None, local_rank: int, gpus_per_node: int) -> str:
