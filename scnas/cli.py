@@ -346,6 +346,22 @@ def _run_heavy(args: argparse.Namespace, settings, rule: str, target: str, kwarg
         log.info("%s finished: %s", rule, json.dumps(result, default=str))
 
 
+def cmd_convert(args: argparse.Namespace) -> None:
+    from scnas.data.convert import convert_dataset
+    from scnas.io import ensure_output_dir
+
+    ensure_output_dir(args.target, "converted dataset folder", create=False)
+    print(convert_dataset(Path(args.source), Path(args.target), args.to))
+
+
+def cmd_profiles_install(args: argparse.Namespace) -> None:
+    from scnas.profiles import install_profiles
+
+    for line in install_profiles(force=args.force):
+        print(line)
+    print("`snakemake --profile local` and `snakemake --profile slurm` now find them by name")
+
+
 # ---------------------------------------------------------------------------------------------- figures
 
 
@@ -444,166 +460,392 @@ def cmd_status(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------- parser
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples kept as written; an option's default appended to its help when it has one
+    (an option without one says in its own help what happens when it is left out)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if action.required or unset or "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _command(
+    sub: argparse._SubParsersAction, name: str, summary: str, example: str, func: Callable | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand with a one-line description and, under its options, an example: a command per line
+    (a line ending in a backslash continues on the next)."""
+    p = sub.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog="example:\n" + "\n".join(f"  {line}" for line in example.splitlines()),
+        formatter_class=HelpFormatter,
+    )
+    if func is not None:
+        p.set_defaults(func=func)
+    return p
+
+
 def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
     if config:
         p.add_argument(
             "--config",
             action="append",
             metavar="FILE_OR_JSON",
-            help="config file (YAML/JSON) or inline JSON; repeat to layer several, later ones win",
+            help="config file (YAML/JSON) or inline JSON; repeat to layer several, later ones win "
+            "(default: none, every key at its default)",
         )
-        p.add_argument("--task", help="the task's name; its overrides apply when the config lists tasks")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        p.add_argument(
+            "--task",
+            help="the task whose overrides (tasks.TASK in the config) apply (default: none, the global settings)",
+        )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an error")
 
 
 def _heavy(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--launcher", metavar="JSON", help="launcher settings (overrides the config's launcher section)")
+    p.add_argument(
+        "--launcher",
+        metavar="FILE_OR_JSON",
+        help="where the job runs: a file or inline JSON over the config's launcher section, e.g. "
+        '{"executor": "slurm"} (default: the config\'s launcher section; without one, in this process)',
+    )
+
+
+_DATASET_HELP = "the dataset folder (holds dataset.json)"
+_EX = "results/Task02_Heart"
+_EX_FOLD = f"--preprocessed {_EX}/preprocessed --splits {_EX}/splits_final.json --fold 0 \\\n    "
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scnas", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="scnas",
+        description=__doc__.splitlines()[0],
+        epilog="Run `scnas COMMAND --help` for a command's options and an example.",
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"scnas {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("synth", help="generate a synthetic MSD-format task")
-    p.add_argument("--kind", required=True, choices=["brain", "heart", "lung"])
-    p.add_argument("--cases", type=int, default=10)
-    p.add_argument("--out", required=True, help="task folder to create")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=48, help="approximate edge length in voxels")
-    p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="exact shape of every case")
-    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="exact spacing (mm) of every case")
+    p = _command(
+        sub, "synth", "generate a synthetic MSD-format task", "scnas synth --kind heart --out data/Synth", cmd_synth
+    )
+    p.add_argument(
+        "--kind",
+        required=True,
+        choices=["brain", "heart", "lung"],
+        help="brain: 4 MRI channels, 3 tumour labels; heart: 1 MRI channel, the left atrium; lung: CT, a tumour",
+    )
+    p.add_argument("--cases", type=int, default=10, help="number of cases")
+    p.add_argument("--out", required=True, help="task folder to write (dataset.json, imagesTr/, labelsTr/)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed and sizes give the same task")
+    p.add_argument("--size", type=int, default=48, help="approximate edge length in voxels, varied per case")
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="exact shape of every case (default: varied per case around --size)",
+    )
+    p.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="exact spacing (mm) of every case (default: varied per case, as scans vary)",
+    )
     _common(p, config=False)
-    p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("check", help="validate an MSD task folder; reports every problem")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--report", help="write a JSON summary here when the dataset is valid")
+    p = _command(
+        sub,
+        "check",
+        "validate a dataset folder, reporting every problem in it",
+        f"scnas check --dataset data/Task02_Heart --threads 4 --report {_EX}/check.json",
+        cmd_check,
+    )
+    p.add_argument("--dataset", required=True, help=_DATASET_HELP)
+    p.add_argument("--threads", type=int, default=1, help="cases read in parallel")
+    p.add_argument("--report", help="JSON summary to write when the dataset is valid (default: none)")
     _common(p, config=False)
-    p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("splits", help="5-fold cross-validation splits (or import nnU-Net's)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--out", required=True, help="splits_final.json to write")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--nnunet", metavar="SPLITS_JSON", help="use this nnU-Net splits_final.json verbatim (checked)")
+    p = _command(
+        sub,
+        "convert",
+        "write a dataset in the other format: MSD task to nnU-Net v2 raw dataset, or back",
+        "scnas convert data/Task02_Heart nnUNet_raw/Dataset002_Heart --to nnunetv2",
+        cmd_convert,
+    )
+    p.add_argument("source", help="the dataset folder to read (MSD task or nnU-Net v2 raw dataset)")
+    p.add_argument("target", help="the dataset folder to write")
+    p.add_argument(
+        "--to",
+        required=True,
+        choices=["nnunetv2", "msd"],
+        help="format to write: nnunetv2 (one image file per channel, labels by name) or msd (Decathlon)",
+    )
     _common(p, config=False)
-    p.set_defaults(func=cmd_splits)
 
-    p = sub.add_parser("preprocess", help="reorient, crop, resample, normalise")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="target spacing in mm")
-    p.add_argument("--case", action="append", help="only this case (repeatable)")
-    p.add_argument("--threads", type=int, help="cases in parallel (default: preprocess.threads)")
+    p = _command(
+        sub,
+        "splits",
+        "write cross-validation splits (or import nnU-Net's splits_final.json)",
+        f"scnas splits --dataset data/Task02_Heart --out {_EX}/splits_final.json",
+        cmd_splits,
+    )
+    p.add_argument("--dataset", required=True, help=_DATASET_HELP)
+    p.add_argument("--out", required=True, help="splits_final.json to write (nnU-Net's format)")
+    p.add_argument("--folds", type=int, default=5, help="number of folds")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle that deals the cases into folds")
+    p.add_argument(
+        "--nnunet",
+        metavar="SPLITS_JSON",
+        help="use this nnU-Net splits_final.json verbatim, once checked against the dataset (default: new splits)",
+    )
+    _common(p, config=False)
+
+    p = _command(
+        sub,
+        "preprocess",
+        "reorient, crop, resample and normalise every case; plan the patch size",
+        f"scnas preprocess --dataset data/Task02_Heart --out {_EX}/preprocessed \\\n"
+        "    --config config.yaml --task Task02_Heart",
+        cmd_preprocess,
+    )
+    p.add_argument("--dataset", required=True, help=_DATASET_HELP)
+    p.add_argument("--out", required=True, help="preprocessed folder to write (plans.json and the cases' arrays)")
+    p.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="target spacing in mm (default: preprocess.spacing of the config, 0.7 mm as in the paper)",
+    )
+    p.add_argument("--case", action="append", help="only this case; repeat for several (default: every case)")
+    p.add_argument("--threads", type=int, help="cases in parallel (default: preprocess.threads of the config)")
     _common(p)
-    p.set_defaults(func=cmd_preprocess)
 
-    p = sub.add_parser("random-genotype", help="draw a random genotype (the control a searched one must beat)")
-    p.add_argument("--seed", type=int, default=0, help="the study's seed (default 0)")
+    p = _command(
+        sub,
+        "random-genotype",
+        "draw a random genotype: the control a searched one must beat",
+        f"scnas random-genotype --draw 0 --out {_EX}/random_0/genotype.json",
+        cmd_random_genotype,
+    )
+    p.add_argument("--seed", type=int, default=0, help="the study's seed")
     p.add_argument("--draw", type=int, required=True, help="which draw: 0, 1, ... (each a different genotype)")
     p.add_argument("--out", required=True, help="genotype.json to write")
     _common(p, config=False)
-    p.set_defaults(func=cmd_random_genotype)
 
-    p = sub.add_parser("search", help="SCNAS architecture search on one fold -> genotype.json")
-    p.add_argument("--preprocessed", required=True)
-    p.add_argument("--splits", required=True)
-    p.add_argument("--fold", type=int, required=True)
-    p.add_argument("--out", required=True, help="search folder (receives genotype.json)")
+    p = _command(
+        sub,
+        "search",
+        "search the cell architecture on one fold's training cases, writing genotype.json",
+        f"scnas search {_EX_FOLD}--out {_EX}/search/fold_0 --config config.yaml --task Task02_Heart",
+        cmd_search,
+    )
+    p.add_argument("--preprocessed", required=True, help="the preprocessed folder (from `scnas preprocess`)")
+    p.add_argument("--splits", required=True, help="splits_final.json (from `scnas splits`)")
+    p.add_argument("--fold", type=int, required=True, help="the fold whose training cases the search uses")
+    p.add_argument("--out", required=True, help="search folder to write (genotype.json, alphas, logs)")
     _common(p)
     _heavy(p)
-    p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("train", help="train a model on one fold (the U-ResNet, or a network from a genotype)")
-    p.add_argument("--model", required=True, choices=["uresnet", "scnas", "random", "scnas_transfer"])
-    p.add_argument("--genotype", help="genotype.json (scnas, random and scnas_transfer)")
-    p.add_argument("--preprocessed", required=True)
-    p.add_argument("--splits", required=True)
-    p.add_argument("--fold", type=int, required=True)
-    p.add_argument("--out", required=True, help="fold folder (receives checkpoint_final.pt)")
+    p = _command(
+        sub,
+        "train",
+        "train a model on one fold: the 3D U-ResNet, or the network of a genotype",
+        f"scnas train --model scnas --genotype {_EX}/search/fold_0/genotype.json \\\n    {_EX_FOLD}"
+        f"--out {_EX}/scnas/fold_0",
+        cmd_train,
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        choices=["uresnet", "scnas", "random", "scnas_transfer"],
+        help="uresnet: the baseline; the others: the network of --genotype (searched, random or transferred)",
+    )
+    p.add_argument(
+        "--genotype",
+        help="genotype.json of the network to train; needed by every model but uresnet (default: none)",
+    )
+    p.add_argument("--preprocessed", required=True, help="the preprocessed folder (from `scnas preprocess`)")
+    p.add_argument("--splits", required=True, help="splits_final.json (from `scnas splits`)")
+    p.add_argument("--fold", type=int, required=True, help="the fold to train on (its validation cases are held out)")
+    p.add_argument("--out", required=True, help="fold folder to write (checkpoint_final.pt, training log)")
     _common(p)
     _heavy(p)
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("predict", help="segment NIfTI images with a trained model")
-    p.add_argument("--model", required=True, metavar="CHECKPOINT", help="a checkpoint_final.pt")
-    p.add_argument("--images", nargs="+", metavar="FILE_OR_DIR")
-    p.add_argument("--dataset", help="with --splits and --fold: predict that fold's validation cases")
-    p.add_argument("--splits")
-    p.add_argument("--fold", type=int)
-    p.add_argument("--out", required=True)
+    p = _command(
+        sub,
+        "predict",
+        "segment NIfTI images with a trained model",
+        f"scnas predict --model {_EX}/uresnet/fold_0/checkpoint_final.pt \\\n"
+        "    --images data/Task02_Heart/imagesTs --out predictions/Task02_Heart",
+        cmd_predict,
+    )
+    p.add_argument("--model", required=True, metavar="CHECKPOINT", help="a checkpoint_final.pt (from `scnas train`)")
+    p.add_argument(
+        "--images",
+        nargs="+",
+        metavar="FILE_OR_DIR",
+        help="images to segment: NIfTI files, or folders of them (default: none; or --dataset/--splits/--fold)",
+    )
+    p.add_argument(
+        "--dataset",
+        help="with --splits and --fold: also segment that fold's validation cases of this dataset (default: none)",
+    )
+    p.add_argument("--splits", help="splits_final.json, with --dataset and --fold (default: none)")
+    p.add_argument("--fold", type=int, help="the fold whose validation cases to segment (default: none)")
+    p.add_argument("--out", required=True, help="folder to write CASE.nii.gz and predictions.json into")
     _common(p)
     _heavy(p)
-    p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("evaluate", help="per-case Dice and HD95 of predictions -> metrics.csv, summary.json")
-    p.add_argument("--predictions", required=True)
-    p.add_argument("--dataset", required=True, help="the MSD task holding the reference labels")
-    p.add_argument("--splits")
-    p.add_argument("--fold", type=int)
-    p.add_argument("--cases", nargs="+")
-    p.add_argument("--out", required=True)
-    p.add_argument("--threads", type=int, default=1)
+    p = _command(
+        sub,
+        "evaluate",
+        "score predictions against the reference labels: per-case Dice and HD95, metrics.csv and summary.json",
+        f"scnas evaluate --predictions {_EX}/uresnet/fold_0/predictions --dataset data/Task02_Heart \\\n"
+        f"    --splits {_EX}/splits_final.json --fold 0 --out {_EX}/uresnet/fold_0",
+        cmd_evaluate,
+    )
+    p.add_argument("--predictions", required=True, help="folder of CASE.nii.gz predictions (from `scnas predict`)")
+    p.add_argument("--dataset", required=True, help="the dataset folder holding the reference labels")
+    p.add_argument("--splits", help="splits_final.json, with --fold (default: none)")
+    p.add_argument(
+        "--fold",
+        type=int,
+        help="score this fold's validation cases (default: the cases of --cases, else those the predictions "
+        "folder's predictions.json lists)",
+    )
+    p.add_argument("--cases", nargs="+", help="score these cases (default: see --fold)")
+    p.add_argument("--out", required=True, help="folder to write metrics.csv and summary.json into")
+    p.add_argument("--threads", type=int, default=1, help="cases scored in parallel")
     _common(p)
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("table", help="cross-validation tables (CSV, Markdown, LaTeX) from the folds' metrics")
-    p.add_argument("--results", help="a results folder: tabulate every RESULTS/TASK/MODEL/fold_K/metrics.csv")
-    p.add_argument("--metrics", nargs="+", metavar="CSV", help="these .../TASK/MODEL/fold_K/metrics.csv files")
-    p.add_argument("--task", action="append", help="only this task (repeatable); default: all found")
-    p.add_argument("--model", action="append", help="only this model (repeatable)")
-    p.add_argument("--folds", type=int, nargs="+", help="folds to include (default: all found)")
-    p.add_argument("--out", help="output prefix: writes PREFIX.csv, .md, .tex (default: RESULTS/cv_table)")
-    p.add_argument("--print", action="store_true", help="print the Markdown table")
+    p = _command(
+        sub,
+        "table",
+        "write the cross-validation tables (CSV, Markdown, LaTeX) from the folds' metrics",
+        "scnas table --results results --print",
+        cmd_table,
+    )
+    p.add_argument(
+        "--results", help="tabulate every RESULTS/TASK/MODEL/fold_K/metrics.csv of this folder (default: none)"
+    )
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="CSV",
+        help="tabulate these .../TASK/MODEL/fold_K/metrics.csv files instead (default: none)",
+    )
+    p.add_argument("--task", action="append", help="only this task; repeat for several (default: every task found)")
+    p.add_argument("--model", action="append", help="only this model; repeat for several (default: every model)")
+    p.add_argument("--folds", type=int, nargs="+", help="only these folds (default: every fold found)")
+    p.add_argument(
+        "--out",
+        metavar="PREFIX",
+        help="write PREFIX.csv, .md and .tex (default: RESULTS/cv_table, RESULTS the folder of the metrics)",
+    )
+    p.add_argument("--print", action="store_true", help="also print the Markdown table")
     _common(p, config=False)
-    p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("plot", help="draw a study's figures: cell diagrams, search dynamics, curves, overlays")
+    p = _command(
+        sub,
+        "plot",
+        "draw a study's figures: cell diagrams, search dynamics, curves, overlays",
+        f"scnas plot study --results results\nscnas plot genotype {_EX}/search/fold_0/genotype.json --out figures",
+    )
     plots = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    q = plots.add_parser("genotype", help="a genotype's four cells as DAGs (SVG + PNG); two side by side")
+    q = _command(
+        plots,
+        "genotype",
+        "draw a genotype's four cells as graphs (SVG and PNG), or two genotypes side by side",
+        f"scnas plot genotype {_EX}/search/fold_0/genotype.json \\\n"
+        f"    {_EX}/search/fold_1/genotype.json --out figures",
+        cmd_plot_genotype,
+    )
     q.add_argument("genotype", nargs="+", metavar="GENOTYPE_JSON", help="one genotype.json, or two to compare")
     q.add_argument("--out", required=True, metavar="DIR", help="folder to write NAME.svg and NAME.png into")
     q.add_argument("--name", help="file name without extension (default: cells, or comparison for two)")
-    q.add_argument("--titles", nargs="+", help="a title per genotype (default: task and fold from the file)")
+    q.add_argument("--titles", nargs="+", help="a title per genotype (default: task and fold, from the path)")
     _common(q, config=False)
-    q.set_defaults(func=cmd_plot_genotype)
     parts = {
-        "search": "per searched fold its cells and dynamics; the folds' agreement; two genotypes compared",
-        "training": "training curves of every trained fold, and of all folds per model",
-        "overlays": "best, median and worst validation case of every evaluated fold, every model's prediction",
-        "summary": "Dice box plots, cost per model and the CV table (HTML); without --task the study's table",
+        "search": "draw each searched fold's cells and dynamics, the folds' agreement, two genotypes compared",
+        "training": "draw the training curves of every trained fold, and of all folds per model",
+        "overlays": "draw the best, median and worst validation case of every evaluated fold, per model",
+        "summary": "draw Dice box plots, cost per model and the CV table (HTML); without --task the study's table",
     }
     for action, text in parts.items():
-        q = plots.add_parser(action, help=text)
-        q.add_argument("--results", default="results", help="the study's results folder (default: results)")
-        q.add_argument("--task", required=action != "summary", help="the task folder under RESULTS")
-        q.add_argument("--out", metavar="DIR", help="write RESULTS-like DIR/TASK/report/ (default: RESULTS)")
-        if action != "summary":
-            q.add_argument("--folds", type=int, nargs="+", help="only these folds (default: every one found)")
+        per_task = action != "summary"
+        task = " --task Task02_Heart" if per_task else ""
+        q = _command(plots, action, text, f"scnas plot {action} --results results{task}", cmd_plot_part)
+        q.add_argument("--results", default="results", help="the study's results folder")
+        task_help = "the task folder under RESULTS" if per_task else "the task folder under RESULTS (default: none)"
+        q.add_argument("--task", required=per_task, help=task_help)
+        q.add_argument("--out", metavar="DIR", help="write into DIR/TASK/report/ (default: RESULTS/TASK/report/)")
+        if per_task:
+            q.add_argument("--folds", type=int, nargs="+", help="only these folds (default: every fold found)")
         if action == "search":
-            q.add_argument("--compare", nargs=2, metavar="GENOTYPE_JSON", help="the two genotypes to compare")
+            q.add_argument(
+                "--compare",
+                nargs=2,
+                metavar="GENOTYPE_JSON",
+                help="the two genotypes to compare (default: the first fold's and the one transferred to the task, "
+                "else the first two folds')",
+            )
             q.add_argument("--no-compare", action="store_true", help="draw no comparison")
-            q.add_argument("--no-cells", action="store_true", help="leave out what Graphviz draws (no `dot`)")
+            q.add_argument("--no-cells", action="store_true", help="leave out what Graphviz draws (no `dot` needed)")
         if action == "training":
-            q.add_argument("--runs", nargs="+", metavar="MODEL_DIR", help="only these model folders")
+            q.add_argument(
+                "--runs", nargs="+", metavar="MODEL_DIR", help="only these model folders (default: every one)"
+            )
         if action == "overlays":
-            q.add_argument("--dataset", help="the task's MSD folder (default: the one check.json records)")
+            q.add_argument("--dataset", help="the task's dataset folder (default: the one check.json records)")
         _common(q, config=False)
-        q.set_defaults(func=cmd_plot_part)
-    q = plots.add_parser("study", help="every figure a results folder allows, into RESULTS/TASK/report/")
-    q.add_argument("--results", default="results", help="the study's results folder (default: results)")
-    q.add_argument("--task", action="append", help="only this task (repeatable)")
-    q.add_argument("--out", metavar="DIR", help="write RESULTS-like DIR/TASK/report/ (default: RESULTS)")
+    q = _command(
+        plots,
+        "study",
+        "draw every figure a results folder allows, into RESULTS/TASK/report/",
+        "scnas plot study --results results --task Task02_Heart",
+        cmd_plot_study,
+    )
+    q.add_argument("--results", default="results", help="the study's results folder")
+    q.add_argument("--task", action="append", help="only this task; repeat for several (default: every task)")
+    q.add_argument("--out", metavar="DIR", help="write into DIR/TASK/report/ (default: RESULTS/TASK/report/)")
     _common(q, config=False)
-    q.set_defaults(func=cmd_plot_study)
 
-    p = sub.add_parser("status", help="per task, model and fold: done, running (job, epoch, time left) or failed")
-    p.add_argument("--results", default="results", help="the study's results folder (default: results)")
+    p = _command(
+        sub,
+        "status",
+        "show per task, model and fold: done, running (job, epoch, time left) or failed",
+        "scnas status --results results",
+        cmd_status,
+    )
+    p.add_argument("--results", default="results", help="the study's results folder")
     _common(p, config=False)
-    p.set_defaults(func=cmd_status)
+
+    p = _command(
+        sub,
+        "profiles",
+        "manage the project's Snakemake profiles (local and slurm)",
+        "scnas profiles install\nsnakemake --profile slurm",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = _command(
+        actions,
+        "install",
+        "link the profiles into Snakemake's profile folder, so that `snakemake --profile slurm` finds them",
+        "scnas profiles install\nsnakemake --profile local",
+        cmd_profiles_install,
+    )
+    q.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a different profile of the same name (a folder is kept as NAME.bak)",
+    )
+    _common(q, config=False)
     return parser
 
 

@@ -11,6 +11,7 @@ import errno
 import io
 import json
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -39,20 +40,32 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except OSError as e:
         raise _naming(e, target) from e
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+        tmp_path = _create_temporary(target, suffix)
     except OSError as e:
         raise _naming(e, target) from e
-    os.close(fd)
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, target)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
-        if isinstance(e, OSError) and (e.filename is None or _same_path(e.filename, tmp, target)):
+        if isinstance(e, OSError) and (e.filename is None or _same_path(e.filename, tmp_path, target)):
             raise _naming(e, target) from e
         raise
+
+
+def _create_temporary(target: Path, suffix: str) -> Path:
+    """A new empty file next to `target`, created with mode 0666 less the umask (and the folder's default
+    ACL), as any new file: mkstemp's private 0600 would survive the rename and hide results from a group."""
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp{suffix}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(target))
 
 
 def _naming(e: OSError, target: Path) -> OSError:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import shlex
 import subprocess
 import sys
+import types
 
 import pytest
 from conftest import cli_env
@@ -22,6 +25,10 @@ STAGES = [
     "predict",
     "evaluate",
     "table",
+    "convert",
+    "plot",
+    "status",
+    "profiles",
 ]
 
 
@@ -42,6 +49,112 @@ def test_every_stage_has_help(stage, capsys):
         build_parser().parse_args([stage, "--help"])
     assert exit_.value.code == 0
     assert "usage: scnas " + stage in capsys.readouterr().out
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ("scnas",)):
+    """(command line, parser) of every subcommand at every depth (scnas plot search, scnas profiles install)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield " ".join((*path, name)), sub
+                yield from _commands(sub, (*path, name))
+
+
+def _subparser_actions(parser: argparse.ArgumentParser) -> list[argparse._SubParsersAction]:
+    return [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+
+
+def _example_commands(epilog: str) -> list[list[str]]:
+    """The `scnas ...` commands of an epilog's example, continuation lines joined, as argv lists."""
+    text = epilog.split("example:", 1)[1].replace("\\\n", " ")
+    return [shlex.split(line)[1:] for line in text.splitlines() if line.strip().startswith("scnas ")]
+
+
+def test_every_option_has_help_stating_its_default():
+    unstated = []
+    for command, parser in _commands(build_parser()):
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            name = "/".join(action.option_strings) or action.dest
+            if not action.help:
+                unstated.append(f"{command} {name}: no help")
+                continue
+            text = parser._get_formatter()._expand_help(action)
+            if not (action.default is None or action.default is False or action.default == argparse.SUPPRESS):
+                if f"(default: {action.default})" not in text:
+                    unstated.append(f"{command} {name}: default {action.default!r} not in {text!r}")
+            elif action.option_strings and not action.required and action.nargs != 0 and "default: " not in text:
+                unstated.append(f"{command} {name}: says nothing of what happens without it: {text!r}")
+    assert not unstated, "\n".join(unstated)
+
+
+def test_a_default_is_appended_once_and_only_where_there_is_one():
+    synth = dict(_commands(build_parser()))["scnas synth"]
+    text = " ".join(synth.format_help().split())
+    assert "number of cases (default: 10)" in text
+    assert "random seed: the same seed and sizes give the same task (default: 0)" in text
+    assert text.count("(default: 10)") == 1
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_every_command_has_a_one_line_description_and_an_example_that_parses():
+    seen = 0
+    for command, parser in _commands(build_parser()):
+        assert parser.description and "\n" not in parser.description, command
+        assert parser.epilog and parser.epilog.startswith("example:\n"), command
+        examples = _example_commands(parser.epilog)
+        assert examples, f"{command}: no `scnas ...` line in its example"
+        for argv in examples:
+            args = build_parser().parse_args(argv)
+            assert callable(args.func), argv
+        words = command.split()[1:]
+        assert any(argv[: len(words)] == words for argv in examples), f"{command}: its example runs another command"
+        seen += 1
+    assert seen >= len(STAGES) + 5  # the plot and profiles actions as well
+
+
+def test_one_name_per_command():
+    for parser in [build_parser(), *(p for _, p in _commands(build_parser()))]:
+        for action in _subparser_actions(parser):
+            parsers = list(action.choices.values())
+            assert len({id(p) for p in parsers}) == len(parsers), sorted(action.choices)
+    assert "retrain" not in _subparser_actions(build_parser())[0].choices
+
+
+def test_convert_parses_source_target_and_format(capsys):
+    args = build_parser().parse_args(["convert", "Task02_Heart", "Dataset002_Heart", "--to", "nnunetv2"])
+    assert (args.source, args.target, args.to, args.func.__name__) == (
+        "Task02_Heart",
+        "Dataset002_Heart",
+        "nnunetv2",
+        "cmd_convert",
+    )
+    assert build_parser().parse_args(["convert", "a", "b", "--to", "msd"]).to == "msd"
+    for argv in (["convert", "a", "b", "--to", "nifti"], ["convert", "a", "b"], ["convert", "a", "--to", "msd"]):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(argv)
+        assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nifti'" in err and "--to" in err
+    help_text = scnas("convert", "--help").stdout
+    assert "nnunetv2" in help_text and "msd" in help_text and "SOURCE" in help_text.upper()
+
+
+def test_convert_prints_the_folder_it_wrote(in_process, tmp_path, capsys):
+    calls = []
+
+    def convert_dataset(source, target, to):
+        calls.append((source, target, to))
+        return target
+
+    in_process.setitem(sys.modules, "scnas.data.convert", types.SimpleNamespace(convert_dataset=convert_dataset))
+    from scnas.cli import main
+
+    source, target = tmp_path / "Task02_Heart", tmp_path / "Dataset002_Heart"
+    assert main(["convert", str(source), str(target), "--to", "nnunetv2"]) == 0
+    assert calls == [(source, target, "nnunetv2")]
+    assert capsys.readouterr().out.splitlines() == [str(target)]
 
 
 def _one_line_error(result: subprocess.CompletedProcess, command: str, *fragments: str) -> str:

@@ -21,7 +21,7 @@ from scnas.nas import (
     load_genotype,
     save_genotype,
 )
-from scnas.nas.operations import AvgPool, ConvBlock, FactorizedReduce, SepDilConv
+from scnas.nas.operations import AvgPool, ConvBlock, FactorizedReduce, MaxPool, SepDilConv
 
 EDGES = cell_edges()
 
@@ -204,7 +204,7 @@ def _expected_type(op, stride):
         "sep_dil_conv3_r2": SepDilConv,
         "sep_dil_conv3_r3": SepDilConv,
         "sep_dil_conv3_r4": SepDilConv,
-        "max_pool3": nn.MaxPool3d,
+        "max_pool3": MaxPool,
         "avg_pool3": AvgPool,
         "identity": FactorizedReduce if stride == 2 else nn.Identity,
     }[op]

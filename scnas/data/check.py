@@ -10,7 +10,7 @@ import os
 import shlex
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -25,9 +25,11 @@ ORIGIN_ATOL_MM = 5e-3
 def check_dataset(
     root: str | os.PathLike, case_ids: Iterable[str] | None = None, threads: int = 1, progress: bool = False
 ) -> tuple[Dataset | None, list[str]]:
-    """Every problem of the MSD task at `root`, dataset-level first, then case by case in dataset order.
+    """Every problem of the task at `root` (MSD or nnU-Net v2, `Dataset.format`), dataset-level first, then
+    case by case in dataset order.
 
-    The Dataset is None when dataset.json has problems; the case files it still names are checked anyway.
+    The Dataset is None when dataset.json (or, for nnU-Net v2, the file naming) has problems; the case files
+    it still names are checked anyway.
     `case_ids` restricts the per-case checks; ids not in dataset.json are problems. Cases run in parallel.
     """
     root = Path(root)
@@ -74,32 +76,60 @@ def validate_dataset(root: str | os.PathLike, case_ids: Iterable[str] | None = N
     return dataset
 
 
-def check_image(path: str | os.PathLike, expected_channels: int) -> list[str]:
-    """Problems of a scan given to `scnas predict`: readable NIfTI, 3D/4D, channel count, finite, spacing."""
-    path = Path(path)
+def check_image(
+    path: str | os.PathLike | Sequence[str | os.PathLike], expected_channels: int, expected_by: str = "the model"
+) -> list[str]:
+    """Problems of a scan given to `scnas predict` (one file, or one 3D file per channel): readable NIfTI,
+    3D/4D, channel count (`expected_by` expects), finite, spacing, and channel files on one grid."""
     problems: list[str] = []
-    _check_image_file(path, f"{path}: ", expected_channels, f"the model expects {expected_channels}", problems)
+    expects = f"{expected_by} expects {expected_channels}"
+    if isinstance(path, (str, os.PathLike)):
+        path = Path(path)
+        _check_image_file(path, f"{path}: ", expected_channels, expects, problems)
+        return problems
+    paths = [Path(p) for p in path]
+    if len(paths) != expected_channels:
+        problems.append(f"{paths[0] if paths else 'image'}: {len(paths)} channel files, {expects}")
+    _check_channel_files(paths, "", problems)
     return problems
 
 
 def check_case(case: Case, dataset: Dataset) -> list[str]:
-    """Problems of one case: both files readable NIfTI, shapes, channels, geometry, finite voxels, labels.
+    """Problems of one case: its files readable NIfTI, shapes, channels, geometry, finite voxels, labels.
 
-    Channel count and label values are checked only against a usable `modality` and `labels`.
+    Channel count and label values are checked only against a usable `modality` (`channel_names`) and `labels`.
     """
     n = dataset.num_channels
     problems: list[str] = []
-    image = _check_image_file(
-        case.image,
-        f"{case.image}: case {case.id}: ",
-        n or None,
-        f"dataset.json declares {n} modalit{'ies' if n != 1 else 'y'}",
-        problems,
-    )
+    if len(case.images) == 1:
+        image = _check_image_file(
+            case.images[0],
+            f"{case.images[0]}: case {case.id}: ",
+            n or None,
+            f"dataset.json declares {n} modalit{'ies' if n != 1 else 'y'}",
+            problems,
+        )
+    else:
+        image = _check_channel_files(case.images, f"case {case.id}: ", problems)
     label = _check_label_file(case, dataset.labels, problems)
     if image is not None and label is not None:
-        problems += _geometry_problems(case, image, label)
+        problems += _geometry_problems(f"{case.label}: case {case.id}: ", "label", label, "image", image)
     return problems
+
+
+def _check_channel_files(paths: Sequence[Path], context: str, problems: list[str]) -> ImageHeader | None:
+    """Problems of an image stored one 3D file per channel (nnU-Net v2), each file and their common grid;
+    the header of the stacked image, or None when a file cannot be used."""
+    headers = [
+        _check_image_file(path, f"{path}: {context}", 1, "a file per channel must hold 1", problems) for path in paths
+    ]
+    if not headers or any(h is None or h.channels != 1 for h in headers):
+        return None
+    first = headers[0]
+    for c, (path, header) in enumerate(zip(paths, headers)):
+        if c:
+            problems += _geometry_problems(f"{path}: {context}", f"channel {c}", header, "channel 0", first)
+    return ImageHeader(shape=(*first.spatial_shape, len(paths)), affine=first.affine, dtype=first.dtype)
 
 
 def _read(path: Path, where: str, role: str, problems: list[str]) -> tuple[ImageHeader, np.ndarray] | None:
@@ -193,26 +223,30 @@ def _affine_problems(affine: np.ndarray) -> list[str]:
     return []
 
 
-def _geometry_problems(case: Case, image: ImageHeader, label: ImageHeader) -> list[str]:
-    where = f"{case.label}: case {case.id}: "
-    if image.spatial_shape != label.spatial_shape:
-        return [f"{where}label shape {label.spatial_shape} differs from image shape {image.spatial_shape}"]
-    if _affine_problems(image.affine) or _affine_problems(label.affine):
-        return []
-    img_sp, lab_sp = np.asarray(image.spacing), np.asarray(label.spacing)
-    if not np.allclose(lab_sp, img_sp, rtol=SPACING_RTOL, atol=0):
-        return [f"{where}label spacing {_fmt(lab_sp)} differs from image spacing {_fmt(img_sp)}"]
-    img_dir, lab_dir = image.affine[:3, :3] / img_sp, label.affine[:3, :3] / lab_sp
-    if not np.allclose(lab_dir, img_dir, rtol=0, atol=DIRECTION_ATOL):
+def _geometry_problems(
+    where: str, role: str, header: ImageHeader, reference_role: str, reference: ImageHeader
+) -> list[str]:
+    """The first way the grid of `header` (the `role` file) differs from that of `reference`, if any."""
+    if reference.spatial_shape != header.spatial_shape:
         return [
-            f"{where}label orientation differs from the image's (direction cosines differ by up to "
-            f"{np.abs(lab_dir - img_dir).max():.3g})"
+            f"{where}{role} shape {header.spatial_shape} differs from {reference_role} shape {reference.spatial_shape}"
         ]
-    offset = np.linalg.norm(label.affine[:3, 3] - image.affine[:3, 3])
+    if _affine_problems(reference.affine) or _affine_problems(header.affine):
+        return []
+    ref_sp, sp = np.asarray(reference.spacing), np.asarray(header.spacing)
+    if not np.allclose(sp, ref_sp, rtol=SPACING_RTOL, atol=0):
+        return [f"{where}{role} spacing {_fmt(sp)} differs from {reference_role} spacing {_fmt(ref_sp)}"]
+    ref_dir, direction = reference.affine[:3, :3] / ref_sp, header.affine[:3, :3] / sp
+    if not np.allclose(direction, ref_dir, rtol=0, atol=DIRECTION_ATOL):
+        return [
+            f"{where}{role} orientation differs from the {reference_role}'s (direction cosines differ by up to "
+            f"{np.abs(direction - ref_dir).max():.3g})"
+        ]
+    offset = np.linalg.norm(header.affine[:3, 3] - reference.affine[:3, 3])
     if offset > ORIGIN_ATOL_MM:
         return [
-            f"{where}label origin {_fmt(label.affine[:3, 3])} differs from image origin "
-            f"{_fmt(image.affine[:3, 3])} by {offset:.3g} mm"
+            f"{where}{role} origin {_fmt(header.affine[:3, 3])} differs from {reference_role} origin "
+            f"{_fmt(reference.affine[:3, 3])} by {offset:.3g} mm"
         ]
     return []
 
@@ -222,7 +256,7 @@ def _shared_files(cases: Iterable[Case], selected: set[str]) -> dict[str, list[s
     first_use: dict[tuple, tuple[str, str]] = {}
     problems: dict[str, list[str]] = {}
     for case in cases:
-        for role, path in (("image", case.image), ("label", case.label)):
+        for role, path in (*(("image", p) for p in case.images), ("label", case.label)):
             if path is None:
                 continue
             key = _file_key(path)
@@ -242,7 +276,7 @@ def _file_key(path: Path) -> tuple:
     try:
         st = path.stat()
     except OSError:
-        return ("path", str(path.resolve()))
+        return ("path", os.path.abspath(path))
     return ("inode", st.st_dev, st.st_ino)
 
 

@@ -1,7 +1,8 @@
 """FLOPs of one inference pass, and the width whose FLOPs match a target (the paper's stem 68 vs U-ResNet).
 
 Counted by torch.utils.flop_counter.FlopCounterMode: one multiply-add is 2 FLOPs; convolutions and
-matrix products are counted, normalisation, activations, pooling and interpolation are not. The
+matrix products are counted (separable convolutions as the two they are written as), normalisation,
+activations, pooling and interpolation are not. The
 forward runs on the meta device by default (shapes only, no memory or compute), so it is exact and
 instant for any patch size.
 """
@@ -15,6 +16,8 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
+
+from scnas.nas.operations import as_written
 
 
 def count_gflops(model: nn.Module, input_shape: Sequence[int], device: str | torch.device = "meta") -> float:
@@ -31,7 +34,7 @@ def count_gflops(model: nn.Module, input_shape: Sequence[int], device: str | tor
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), as_written(), FlopCounterMode(display=False) as counter:
             functional_call(model, tensors, (torch.empty((1, *shape), device=device),))
     finally:
         model.train(was_training)

@@ -42,9 +42,9 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from scnas.nas.operations import ConvBlock, FactorizedReduce
+from scnas.nas.separable import resize_trilinear
 
 CELL_TYPES: tuple[str, ...] = ("encoder_normal", "reduction", "decoder_normal", "expansion")
 NUM_NODES = 4
@@ -140,7 +140,7 @@ class Preprocess(nn.Module):
 
     def forward(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
         if self.upsample:
-            x = F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+            x = resize_trilinear(x, size)
         return self.block(x)
 
 

@@ -6,13 +6,17 @@ along every axis, odd n included; identity then becomes a factorised reduction.
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from scnas.nas.separable import avg_pool3, max_pool3
+
 NEGATIVE_SLOPE = 0.01
+FUSED_MAX_CHANNELS = 16
 
 OPERATIONS: tuple[str, ...] = (
     "conv3",
@@ -38,7 +42,12 @@ class ConvBlock(nn.Sequential):
 
 
 class SepDilConv(nn.Sequential):
-    """LeakyReLU -> depthwise dilated 3x3x3 conv -> pointwise 1x1x1 conv -> InstanceNorm3d(affine)."""
+    """LeakyReLU -> depthwise dilated 3x3x3 conv -> pointwise 1x1x1 conv -> InstanceNorm3d(affine).
+
+    On the CPU, up to FUSED_MAX_CHANNELS channels, the two convolutions run as the one dense dilated
+    convolution they compose to (weight pointwise x depthwise): the same function, and about 1.3-1.6x
+    faster there, where a depthwise 3D convolution runs at a few GFLOP/s.
+    """
 
     def __init__(self, c_in: int, c_out: int, stride: int, dilation: int) -> None:
         super().__init__(
@@ -47,6 +56,29 @@ class SepDilConv(nn.Sequential):
             nn.Conv3d(c_in, c_out, 1, bias=False),
             nn.InstanceNorm3d(c_out, affine=True),
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act, depthwise, pointwise, norm = self
+        x = act(x)
+        if x.device.type != "cpu" or depthwise.in_channels > FUSED_MAX_CHANNELS or _AS_WRITTEN:
+            return norm(pointwise(depthwise(x)))
+        weight = pointwise.weight * depthwise.weight.transpose(0, 1)
+        conv = depthwise
+        return norm(F.conv3d(x, weight, stride=conv.stride, padding=conv.padding, dilation=conv.dilation))
+
+
+_AS_WRITTEN = False
+
+
+@contextlib.contextmanager
+def as_written() -> Iterator[None]:
+    """Inside, separable convolutions run as the two convolutions they are (for counting FLOPs)."""
+    global _AS_WRITTEN
+    before, _AS_WRITTEN = _AS_WRITTEN, True
+    try:
+        yield
+    finally:
+        _AS_WRITTEN = before
 
 
 class FactorizedReduce(nn.Module):
@@ -83,23 +115,27 @@ class Zero(nn.Module):
         return x.new_zeros((x.shape[0], self.c_out, *spatial))
 
 
-class AvgPool(nn.Module):
-    """3x3x3 average pooling over the voxels inside the image (padding not counted).
-
-    torch's avg_pool3d refuses inputs smaller than the kernel even when padded (deep levels of small
-    patches); those are padded explicitly and divided by the per-voxel count of real neighbours.
-    """
+class MaxPool(nn.Module):
+    """3x3x3 max pooling, padding 1 (scnas.nas.separable.max_pool3)."""
 
     def __init__(self, stride: int) -> None:
         super().__init__()
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if min(x.shape[2:]) >= 3:
-            return F.avg_pool3d(x, 3, self.stride, padding=1, count_include_pad=False)
-        total = F.avg_pool3d(F.pad(x, (1,) * 6), 3, self.stride, divisor_override=1)
-        ones = F.pad(x.new_ones((1, 1, *x.shape[2:])), (1,) * 6)
-        return total / F.avg_pool3d(ones, 3, self.stride, divisor_override=1)
+        return max_pool3(x, self.stride)
+
+
+class AvgPool(nn.Module):
+    """3x3x3 average pooling over the voxels inside the image (padding not counted), also for sides
+    shorter than the kernel (deep levels of small patches), which torch's avg_pool3d refuses."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return avg_pool3(x, self.stride)
 
 
 def _pool(pool: nn.Module, c_in: int, c_out: int) -> nn.Module:
@@ -117,7 +153,7 @@ OPS: dict[str, Callable[[int, int, int], nn.Module]] = {
     "sep_dil_conv3_r2": lambda c_in, c_out, stride: SepDilConv(c_in, c_out, stride, 2),
     "sep_dil_conv3_r3": lambda c_in, c_out, stride: SepDilConv(c_in, c_out, stride, 3),
     "sep_dil_conv3_r4": lambda c_in, c_out, stride: SepDilConv(c_in, c_out, stride, 4),
-    "max_pool3": lambda c_in, c_out, stride: _pool(nn.MaxPool3d(3, stride, padding=1), c_in, c_out),
+    "max_pool3": lambda c_in, c_out, stride: _pool(MaxPool(stride), c_in, c_out),
     "avg_pool3": lambda c_in, c_out, stride: _pool(AvgPool(stride), c_in, c_out),
     "identity": _identity,
     "zero": lambda c_in, c_out, stride: Zero(c_out, stride),

@@ -53,6 +53,13 @@ def launcher_settings(task):
     return json.dumps(CFG.settings_dict(task)["launcher"], separators=(",", ":"))
 
 
+def gpus(task, stage):
+    """GPUs one job of `stage` holds (gpus_per_node * nodes; 0 when it asks for none): the rule's `gpu`
+    resource, so that `snakemake --resources gpu=N` runs only the heavy jobs that fit on N GPUs at once."""
+    res = CFG.settings(task).launcher.resources(stage)
+    return (res.gpus_per_node or 0) * (res.nodes or 1)
+
+
 def genotype_for(wildcards):
     if wildcards.model == "scnas":
         return L.genotype(wildcards.task, wildcards.fold)

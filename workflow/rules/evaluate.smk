@@ -10,6 +10,7 @@ rule predict:
         settings=lambda wc: stage_settings(wc.task, "inference"),
     resources:
         launcher=lambda wc: launcher_settings(wc.task),
+        gpu=lambda wc: gpus(wc.task, "predict"),
     log:
         L.log("{task}", "predict_{model}_fold_{fold}.log"),
     threads: HEAVY_THREADS

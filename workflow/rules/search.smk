@@ -10,6 +10,7 @@ rule search:
         settings=lambda wc: stage_settings(wc.task, "search"),
     resources:
         launcher=lambda wc: launcher_settings(wc.task),
+        gpu=lambda wc: gpus(wc.task, "search"),
     log:
         L.log("{task}", "search_fold_{fold}.log"),
     threads: HEAVY_THREADS

@@ -13,6 +13,7 @@ rule train:
         model=lambda wc: model_of(wc.model),
     resources:
         launcher=lambda wc: launcher_settings(wc.task),
+        gpu=lambda wc: gpus(wc.task, "train"),
     log:
         L.log("{task}", "train_{model}_fold_{fold}.log"),
     threads: HEAVY_THREADS
