@@ -111,6 +111,7 @@ class TrainConfig:
     val_dice_every: int
     uresnet_channels: int
     scnas_stem_channels: int | Literal["match_flops"]
+    upsample_before_reduce: bool
     augmentation: AugmentationConfig
 
 

@@ -2,9 +2,10 @@
 
 A step is forward, the project's Jaccard loss, backward and an Adam step, batch 2, one thread. The
 U-ResNet (32 channels in its first block) sets the FLOPs; the searched network (a network derived from
-a genotype: --genotype FILE, else random genotype seed 0 draw 0, the project's random control) gets the
-stem whose FLOPs come closest (scnas.models.flops.match_width, steps of 4) and the PlainConvUNet, as
-nnU-Net's planner lays it out for the patch, the closest first-stage width. Both at the Hippocampus
+a genotype: --genotype FILE, else random genotype seed 0 draw 0, the project's random control), also
+in its reduce-before-upsampling form (train.upsample_before_reduce: false), gets the stem whose FLOPs
+come closest (scnas.models.flops.match_width, steps of 4) and the PlainConvUNet, as nnU-Net's planner
+lays it out for the patch, the closest first-stage width. Both at the Hippocampus
 patch (40x56x40, 1 channel, 3 classes) and at 64^3.
 Checks (no peer computes the same function here): every network's forward FLOPs within 10 % of the
 U-ResNet's, and its output (B, 3, *patch) with a finite loss. The issue's goal: searched / U-ResNet <= 1.5.
@@ -28,6 +29,7 @@ CLASSES = 3
 BATCH = 2
 FLOPS_TOLERANCE = 0.10
 SEARCHED_GOAL = 1.5
+REDUCED = "searched network, reduce before upsampling"
 FULL = {"patches": [(40, 56, 40), (64, 64, 64)], "uresnet": 32}
 QUICK = {"patches": [(16, 16, 16)], "uresnet": 8}
 
@@ -56,17 +58,23 @@ def matched_networks(
     target = count_gflops(build_model(base), shape)
     searched, source = genotype_spec(genotype)
     stem, stem_gflops = match_width(lambda c: build_model({**searched, "stem_channels": c}), target, shape, 4, 256, 4)
+    reduced = {**searched, "upsample_before_reduce": False}
+    stem_r, stem_r_gflops = match_width(
+        lambda c: build_model({**reduced, "stem_channels": c}), target, shape, 4, 256, 4
+    )
     plain, plain_gflops = match_width(
         lambda b: peers.plain_conv_unet(IN_CHANNELS, CLASSES, b, patch), target, shape, 4, 128
     )
     builders = {
         "U-ResNet": lambda: build_model(base),
         "searched network": lambda: build_model({**searched, "stem_channels": stem}),
+        REDUCED: lambda: build_model({**reduced, "stem_channels": stem_r}),
         "PlainConvUNet": lambda: peers.plain_conv_unet(IN_CHANNELS, CLASSES, plain, patch),
     }
     info = {
         "U-ResNet": {"width": uresnet_channels, "gflops": target},
         "searched network": {"width": stem, "gflops": stem_gflops, "genotype": source},
+        REDUCED: {"width": stem_r, "gflops": stem_r_gflops, "genotype": source},
         "PlainConvUNet": {"width": plain, "gflops": plain_gflops},
     }
     return builders, info
@@ -139,6 +147,15 @@ def run(opts: Options) -> Section:
                 t["U-ResNet"],
                 unit="s/step",
                 note=f"goal <= {SEARCHED_GOAL}",
+            ),
+            Timing(
+                case,
+                REDUCED,
+                "U-ResNet",
+                t[REDUCED],
+                t["U-ResNet"],
+                unit="s/step",
+                note="train.upsample_before_reduce: false, a different network",
             ),
         ]
         for name, seconds in t.items():

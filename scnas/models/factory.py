@@ -13,7 +13,8 @@ ARCHITECTURES = ("uresnet", "genotype")
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """spec: {"arch": "uresnet", in_channels, num_classes, base_channels, combine_levels}
-    or {"arch": "genotype", in_channels, num_classes, stem_channels, genotype: <genotype JSON>}."""
+    or {"arch": "genotype", in_channels, num_classes, stem_channels, genotype: <genotype JSON>,
+    upsample_before_reduce (absent: true, the paper's form)}."""
     arch = spec.get("arch")
     if arch == "uresnet":
         from scnas.models.uresnet import UResNet
@@ -29,7 +30,11 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         from scnas.nas.genotype import genotype_from_dict
 
         return GenotypeNetwork(
-            genotype_from_dict(spec["genotype"]), spec["in_channels"], spec["num_classes"], spec["stem_channels"]
+            genotype_from_dict(spec["genotype"]),
+            spec["in_channels"],
+            spec["num_classes"],
+            spec["stem_channels"],
+            upsample_before_reduce=spec.get("upsample_before_reduce", True),
         )
     raise ScnasError(f"model spec: unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})")
 

@@ -27,6 +27,7 @@ class GenotypeNetwork(CellNetwork):
         num_classes: int,
         stem_channels: int,
         macro: Sequence[CellPlan] | None = None,
+        upsample_before_reduce: bool = True,
     ) -> None:
         edges = cell_edges(genotype.num_nodes)
 
@@ -34,7 +35,9 @@ class GenotypeNetwork(CellNetwork):
             op = genotype.edge_ops[cell_type][edges[index]]
             return None if op == "zero" else OPS[op](channels, channels, stride)
 
-        super().__init__(in_channels, num_classes, stem_channels, genotype.num_nodes, make_edge, macro)
+        super().__init__(
+            in_channels, num_classes, stem_channels, genotype.num_nodes, make_edge, macro, upsample_before_reduce
+        )
         self.genotype = genotype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,8 @@ def model_spec(model: str, plans: Plans, train: TrainConfig, genotype: str | os.
         "num_classes": baseline["num_classes"],
         "genotype": genotype_to_dict(load_genotype(genotype)),
     }
+    if not train.upsample_before_reduce:  # absent means the paper's form, so older specs keep their fingerprints
+        spec["upsample_before_reduce"] = False
     stem = train.scnas_stem_channels
     if stem == "match_flops":
         from scnas.models.flops import count_gflops, match_width
