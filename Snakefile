@@ -15,11 +15,13 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/test_set.smk"
 include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         study_targets(),
+        TEST_SET_TARGETS,
         FIGS.targets(),
     default_target: True

@@ -98,8 +98,9 @@ def cmd_check(args: argparse.Namespace) -> None:
             print(line, file=sys.stderr)
         raise ScnasError(f"{args.dataset}: {len(problems)} problems found (listed above)")
     log.info(
-        "%s: %d cases, %d channels (%s), labels %s: all good",
+        "%s: %s dataset, %d cases, %d channels (%s), labels %s: all good",
         args.dataset,
+        dataset.format,
         len(dataset.cases),
         dataset.num_channels,
         ", ".join(dataset.modalities),
@@ -110,6 +111,7 @@ def cmd_check(args: argparse.Namespace) -> None:
             args.report,
             {
                 "dataset": str(args.dataset),
+                "format": dataset.format,
                 "name": dataset.name,
                 "cases": list(dataset.case_ids),
                 "modalities": list(dataset.modalities),
@@ -205,35 +207,67 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    settings = settings_from_args(args)
-    images = list(args.images or [])
-    if args.fold is not None:
-        if not (args.dataset and args.splits):
-            raise ScnasError("--fold: also give --dataset and --splits to predict a fold's validation cases")
-        from scnas.data.dataset import parse_dataset
-        from scnas.data.splits import fold_cases, load_splits
+    from scnas.inference.predict import check_agreement, model_checkpoints
 
-        dataset = parse_dataset(Path(args.dataset))
-        _, val = fold_cases(load_splits(args.splits, dataset.case_ids), args.fold, args.splits)
-        images += [str(dataset.case(c).image) for c in val]
-    if not images:
-        raise ScnasError("nothing to predict: give --images FILE_OR_DIR ... or --dataset/--splits/--fold")
+    settings = settings_from_args(args)
+    cases = _dataset_cases(args)
+    checkpoints = model_checkpoints(args.model, args.folds)
+    if not (args.images or cases):
+        raise ScnasError(
+            "nothing to predict: give --images FILE_OR_DIR ..., --dataset with --test, or --dataset/--splits/--fold"
+        )
+    from scnas.data.plans import Plans
     from scnas.io import ensure_output_dir
     from scnas.train.checkpoint import load_model_checkpoint
 
     ensure_output_dir(args.out, "predictions folder", create=False)
-    load_model_checkpoint(args.model)
+    check_agreement([(str(c), Plans.from_dict(load_model_checkpoint(c)["plans"], str(c))) for c in checkpoints])
     _run_heavy(
         args,
         settings,
         "predict",
         "scnas.launch.targets:predict_target",
         {
-            "checkpoint": args.model,
-            "images": images,
+            "checkpoint": str(checkpoints[0]) if len(checkpoints) == 1 else [str(c) for c in checkpoints],
+            "images": list(args.images or []),
+            "cases": cases,
             "out_dir": args.out,
+            "save_probabilities": args.save_probabilities,
         },
     )
+
+
+def _dataset_cases(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The cases --fold (a fold's validation cases) or --test (the task's test images) name: case id -> its
+    image files, one per channel for an nnU-Net v2 dataset."""
+    if args.fold is None and not args.test:
+        return {}
+    if args.fold is not None and args.test:
+        raise ScnasError("--fold and --test exclude each other: predict a fold's validation cases or the test images")
+    if not args.dataset:
+        raise ScnasError(f"{'--test' if args.test else '--fold'}: also give --dataset")
+    if args.test:
+        from scnas.data.dataset import list_test_cases
+
+        found = list_test_cases(args.dataset)
+        if not found:
+            raise ScnasError(
+                f"{args.dataset}: no test images (MSD: dataset.json 'test' or imagesTs/; nnU-Net v2: imagesTs/)"
+            )
+        return {case_id: [str(p) for p in files] for case_id, files in found.items()}
+    if Path(args.model).is_dir():
+        raise ScnasError(
+            f"--fold {args.fold}: the other folds of {args.model} trained on this fold's validation cases; "
+            f"give --model {Path(args.model) / f'fold_{args.fold}' / 'checkpoint_final.pt'}"
+        )
+    if not args.splits:
+        raise ScnasError("--fold: also give --splits")
+    from scnas.data.dataset import parse_dataset
+    from scnas.data.splits import fold_cases, load_splits
+
+    dataset = parse_dataset(Path(args.dataset))
+    _, val = fold_cases(load_splits(args.splits, dataset.case_ids), args.fold, args.splits)
+    return {c: [str(p) for p in dataset.case(c).images] for c in val}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -680,25 +714,55 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "predict",
-        "segment NIfTI images with a trained model",
-        f"scnas predict --model {_EX}/uresnet/fold_0/checkpoint_final.pt \\\n"
-        "    --images data/Task02_Heart/imagesTs --out predictions/Task02_Heart",
+        "segment NIfTI images with a trained fold, or with the ensemble of a model's folds (mean softmax)",
+        f"scnas predict --model {_EX}/uresnet --dataset data/Task02_Heart --test \\\n"
+        "    --out predictions/Task02_Heart --save-probabilities\n"
+        f"scnas predict --model {_EX}/uresnet/fold_0/checkpoint_final.pt --images scans/ --out seg/",
         cmd_predict,
     )
-    p.add_argument("--model", required=True, metavar="CHECKPOINT", help="a checkpoint_final.pt (from `scnas train`)")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="CHECKPOINT_OR_MODEL_DIR",
+        help="one fold's checkpoint_final.pt, or a model folder RESULTS/TASK/MODEL: the mean of the softmax "
+        "probabilities of its folds' final checkpoints (nnU-Net's ensemble)",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="with a model folder: ensemble only these folds (default: every fold_K; each must have finished)",
+    )
     p.add_argument(
         "--images",
         nargs="+",
         metavar="FILE_OR_DIR",
-        help="images to segment: NIfTI files, or folders of them (default: none; or --dataset/--splits/--fold)",
+        help="images to segment: NIfTI files, or folders of them; nnU-Net's CASE_XXXX channel files make one "
+        "case CASE (default: none; or --dataset with --test or --splits/--fold)",
     )
     p.add_argument(
         "--dataset",
-        help="with --splits and --fold: also segment that fold's validation cases of this dataset (default: none)",
+        help="with --test, or with --splits and --fold: the dataset folder whose cases to segment (default: none)",
+    )
+    p.add_argument(
+        "--test",
+        action="store_true",
+        help="segment the test images of --dataset: MSD's 'test' list (or imagesTs/), nnU-Net v2's imagesTs/",
     )
     p.add_argument("--splits", help="splits_final.json, with --dataset and --fold (default: none)")
-    p.add_argument("--fold", type=int, help="the fold whose validation cases to segment (default: none)")
+    p.add_argument(
+        "--fold",
+        type=int,
+        help="segment this fold's validation cases with this fold's checkpoint (default: none)",
+    )
     p.add_argument("--out", required=True, help="folder to write CASE.nii.gz and predictions.json into")
+    p.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write CASE.npz (key 'probabilities': float32 (K, X, Y, Z) on the image's grid, as nnU-Net's "
+        "--save_probabilities) and CASE.json (that grid's affine, shape and spacing; the label of each K)",
+    )
     _common(p)
     _heavy(p)
 

@@ -6,6 +6,7 @@
     RESULTS/{task}/preprocessed/plans.json       + one set of files per case
     RESULTS/{task}/search/fold_{k}/genotype.json + search_log.csv, alpha_history.json
     RESULTS/{task}/{model}/fold_{k}/             checkpoint_final.pt, predictions/, metrics.csv, summary.json
+    RESULTS/{task}/{model}/test_predictions/     the folds' ensemble on the task's test images
     RESULTS/{task}/random_{j}/genotype.json      draw j of the random-genotype control (model folder random_j)
     RESULTS/{task}/cv_table.{csv,md,tex}
     RESULTS/cv_table.{csv,md,tex}
@@ -32,6 +33,7 @@ SUMMARY = "summary.json"
 PREDICTIONS = "predictions"
 MANIFEST = "predictions.json"
 MODEL_INFO = "model.json"
+TEST_PREDICTIONS = "test_predictions"
 
 
 def fold_name(fold: int | str) -> str:
@@ -78,6 +80,15 @@ class Layout:
 
     def genotype(self, task: str, fold: int | str) -> str:
         return self._p(task, SEARCH, fold_name(fold), GENOTYPE)
+
+    def model(self, task: str, model: str) -> str:
+        return self._p(task, model)
+
+    def test_predictions(self, task: str, model: str) -> str:
+        return self._p(task, model, TEST_PREDICTIONS)
+
+    def test_manifest(self, task: str, model: str) -> str:
+        return self._p(task, model, TEST_PREDICTIONS, MANIFEST)
 
     def fold(self, task: str, model: str, fold: int | str) -> str:
         return self._p(task, model, fold_name(fold))
@@ -134,11 +145,22 @@ def parse_fold_dir(path: str | os.PathLike) -> FoldRef | None:
     return None
 
 
+def fold_dirs(model_dir: str | os.PathLike) -> dict[int, Path]:
+    """The fold_K folders of a model folder, by fold number in increasing order."""
+    folder = Path(model_dir)
+    found = {int(m.group(1)): p for p in folder.iterdir() if p.is_dir() and (m := FOLD_DIR.match(p.name))}
+    return dict(sorted(found.items()))
+
+
 def job_name(stage: str, out_dir: str | os.PathLike, task: str = "") -> str:
-    """A SLURM job name that tells tasks, models and folds apart: scnas-train-Task04-uresnet-fold_0."""
+    """A SLURM job name that tells tasks, models and folds apart: scnas-train-Task04-uresnet-fold_0, and
+    scnas-predict-Task04-uresnet-test for a model's test predictions."""
     ref = parse_fold_dir(out_dir)
+    out = Path(os.path.abspath(out_dir))
     if ref is not None:
         label = ref.job_label if stage != "search" else f"{ref.task}-{fold_name(ref.fold)}"
+    elif out.name == TEST_PREDICTIONS and len(out.parents) >= 2:
+        label = f"{out.parent.parent.name}-{out.parent.name}-test"
     else:
         label = "-".join(x for x in (task, Path(out_dir).name) if x)
     return f"scnas-{stage}-{label}"

@@ -361,7 +361,9 @@ def test_a_rank_computes_on_the_cpus_it_was_given(monkeypatch):
         assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "1"
         fresh = subprocess.run(
             [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         assert fresh.stdout.strip() == "1"  # a torch imported after the call obeys it too
     finally:

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -193,6 +194,24 @@ def test_evaluate_cases_writes_metrics_and_summary(tmp_path):
     assert enhancing["hd95"] == {"mean": None, "std": None, "count": 0, "n_inf": 1}
     assert summary["mean_dice"] == pytest.approx((0.875 + 0.0) / 2)
 
+    # nnU-Net v2's schema, hand-worked: case a label 1 overlaps 3x4x4 of two 4x4x4 cubes in 10x9x8 = 720 voxels
+    by_case = {Path(c["prediction_file"]).name: c for c in summary["metric_per_case"]}
+    assert [c["reference_file"] for c in summary["metric_per_case"]] == [str(pairs[0][2]), str(pairs[1][2])]
+    a1, a2 = by_case["a_pred.nii.gz"]["metrics"]["1"], by_case["a_pred.nii.gz"]["metrics"]["2"]
+    assert list(a1) == ["Dice", "FN", "FP", "HD95", "IoU", "TN", "TP", "n_pred", "n_ref"]
+    assert (a1["TP"], a1["FP"], a1["FN"], a1["TN"], a1["n_pred"], a1["n_ref"]) == (48, 16, 16, 640, 64, 64)
+    assert a1["Dice"] == pytest.approx(0.75) and a1["IoU"] == pytest.approx(0.6) and a1["HD95"] == expected_hd
+    assert (a2["TP"], a2["FP"], a2["FN"], a2["Dice"], a2["IoU"], a2["HD95"]) == (0, 0, 8, 0.0, 0.0, math.inf)
+    b2 = by_case["b_pred.nii.gz"]["metrics"]["2"]
+    assert math.isnan(b2["Dice"]) and math.isnan(b2["IoU"]) and math.isnan(b2["HD95"]) and b2["TN"] == 720
+    assert summary["mean"]["1"]["Dice"] == pytest.approx(0.875) and summary["mean"]["1"]["TP"] == 56.0
+    assert summary["mean"]["1"]["HD95"] == pytest.approx(expected_hd / 2)
+    assert summary["mean"]["2"]["Dice"] == 0.0 and summary["mean"]["2"]["FN"] == 4.0
+    assert math.isnan(summary["mean"]["2"]["HD95"]), "inf and NaN are left out of the HD95 mean: none remain"
+    assert summary["foreground_mean"]["Dice"] == pytest.approx(0.4375)
+    assert math.isnan(summary["foreground_mean"]["HD95"])
+    assert "NaN" in (out / "summary.json").read_text(), "NaN written as nnU-Net writes it"
+
 
 def test_evaluate_cases_hd_column_follows_percentile(tmp_path):
     ref = np.zeros((6, 6, 6), np.int16)
@@ -302,3 +321,54 @@ def test_read_prediction_manifest(tmp_path, content, expected):
         with pytest.raises(ScnasError) as info:
             read_prediction_manifest(path)
         assert str(path) in str(info.value) and expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_summary_matches_nnunet_compute_metrics_on_folder(tmp_path):
+    """nnU-Net v2's own evaluation on the same files gives the same numbers, and its loader reads our file."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder, load_summary_json
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    rng = np.random.default_rng(7)
+    affine = np.diag([0.8, 1.2, 2.5, 1.0])
+    affine[:3, 3] = (-20, 5, 11)
+    refs, preds = tmp_path / "labelsTr", tmp_path / "pred"
+    pairs = []
+    for i in range(4):
+        ref = random_label_map(rng, (14, 12, 9), 3, 1.2)
+        pred = np.where(rng.random(ref.shape) < 0.15, random_label_map(rng, ref.shape, 3, 1.2), ref)
+        if i == 1:
+            ref[ref == 3], pred[pred == 3] = 0, 0  # label 3 in neither map: Dice NaN
+        if i == 2:
+            ref[ref == 2] = 0  # label 2 in the prediction only
+        save_nifti(refs / f"case_{i}.nii.gz", ref, affine)
+        save_nifti(preds / f"case_{i}.nii.gz", pred, affine)
+        pairs.append((f"case_{i}", preds / f"case_{i}.nii.gz", refs / f"case_{i}.nii.gz"))
+    evaluate_cases(pairs, {0: "background", 1: "a", 2: "b", 3: "c"}, tmp_path / "ours")
+    theirs = compute_metrics_on_folder(
+        str(refs), str(preds), str(tmp_path / "theirs.json"), SimpleITKIO(), ".nii.gz", [1, 2, 3], num_processes=1
+    )
+    ours = load_summary_json(str(tmp_path / "ours" / "summary.json"))
+    theirs = load_summary_json(str(tmp_path / "theirs.json"))
+
+    def same(a, b) -> bool:
+        """Equal to the last digit, NaN matching NaN."""
+        if isinstance(b, float) and math.isnan(b):
+            return isinstance(a, float) and math.isnan(a)
+        return a == b
+
+    keys = ("Dice", "IoU", "TP", "FP", "FN", "TN", "n_pred", "n_ref")
+    ours_by_file = {c["prediction_file"]: c for c in ours["metric_per_case"]}
+    assert sorted(ours_by_file) == sorted(c["prediction_file"] for c in theirs["metric_per_case"])
+    for case in theirs["metric_per_case"]:
+        mine = ours_by_file[case["prediction_file"]]
+        assert mine["reference_file"] == case["reference_file"]
+        for label in (1, 2, 3):
+            for key in keys:
+                assert same(mine["metrics"][label][key], case["metrics"][label][key]), (case, label, key)
+    assert math.isnan(ours_by_file[str(preds / "case_1.nii.gz")]["metrics"][3]["Dice"])
+    assert ours_by_file[str(preds / "case_2.nii.gz")]["metrics"][2]["Dice"] == 0.0
+    for label in (1, 2, 3):
+        for key in keys:
+            assert same(ours["mean"][label][key], theirs["mean"][label][key]), (label, key)
+    for key in keys:
+        assert same(ours["foreground_mean"][key], theirs["foreground_mean"][key]), key

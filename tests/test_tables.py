@@ -222,3 +222,42 @@ def test_random_draws_pool_into_one_row_with_the_spread_across_draws(tmp_path):
     markdown = written[1].read_text()
     assert "Random genotype" in markdown and "random_0" not in markdown
     assert "mean over 3 random genotypes" in markdown
+
+
+def test_the_table_reads_the_folds_an_evaluation_wrote_and_agrees_with_their_nnunet_summaries(tmp_path):
+    """evaluate_cases' summary.json (nnU-Net's schema, NaN for a label in neither map) marks the fold as
+    finished; the table's per-label mean over both folds' cases is that of the summaries' metric_per_case."""
+    import json
+
+    import numpy as np
+
+    from scnas.data.nifti import save_nifti
+    from scnas.evaluation.metrics import evaluate_cases
+    from scnas.evaluation.study import find_metrics, write_study_tables
+
+    labels = {0: "background", 1: "organ", 2: "lesion"}
+    shape = (8, 8, 6)
+    for fold, shifts in enumerate(([0, 1], [2])):
+        folder = tmp_path / HEART / "uresnet" / f"fold_{fold}"
+        pairs = []
+        for i, shift in enumerate(shifts):
+            ref = np.zeros(shape, np.int16)
+            ref[2:6, 2:6, 1:5] = 1
+            if fold == 1:
+                ref[0, 0, 0] = 2
+            pred = np.roll(ref, shift, axis=0)
+            case = f"f{fold}c{i}"
+            save_nifti(tmp_path / f"{case}_ref.nii.gz", ref, np.eye(4))
+            save_nifti(tmp_path / f"{case}_pred.nii.gz", pred, np.eye(4))
+            pairs.append((case, tmp_path / f"{case}_pred.nii.gz", tmp_path / f"{case}_ref.nii.gz"))
+        evaluate_cases(pairs, labels, folder)
+    summaries = [json.loads((tmp_path / HEART / "uresnet" / f"fold_{k}" / "summary.json").read_text()) for k in (0, 1)]
+    assert np.isnan(summaries[0]["metric_per_case"][0]["metrics"]["2"]["Dice"])
+
+    written = write_study_tables(find_metrics(tmp_path), tmp_path / "cv_table")
+    long = pd.read_csv(written[0]).set_index("label")
+    for label, name in ((1, "organ"), (2, "lesion")):
+        dice = [c["metrics"][str(label)]["Dice"] for s in summaries for c in s["metric_per_case"]]
+        finite = [d for d in dice if not np.isnan(d)]
+        assert long.loc[name, "mean"] == pytest.approx(np.mean(finite))
+        assert long.loc[name, "n_cases"] == len(finite) and long.loc[name, "n_folds"] == 2

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import BIN, REPO, cli_env
+
+TINY_FOLDS = 3
 
 
 def snakemake(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -33,9 +36,18 @@ def test_the_whole_msd_study_dry_runs(tmp_path):
     for task in ("Task01_BrainTumour", "Task02_Heart", "Task06_Lung"):
         (tmp_path / task).mkdir()
         (tmp_path / task / "dataset.json").write_text("{}")
+    (tmp_path / "Task02_Heart" / "imagesTs").mkdir()
+    for case in ("la_001", "la_002"):
+        (tmp_path / "Task02_Heart" / "imagesTs" / f"{case}.nii.gz").write_bytes(b"")
     result = snakemake("-n", "--cores", "2", "--config", f"data_root={tmp_path}", f"results={tmp_path / 'results'}")
     assert result.returncode == 0, result.stdout + result.stderr
     counts = job_counts(result.stdout)
+    # Only Heart has test images: each of its 6 models' 5-fold ensemble predicts them.
+    assert counts["predict_test_set"] == 6
+    assert (
+        re.findall(r"test_predictions/predictions\.json", result.stdout)
+        and "Task06_Lung/uresnet/test" not in result.stdout
+    )
     assert counts["check"] == counts["splits"] == counts["preprocess"] == 3
     assert counts["search"] == 15
     # BrainTumour: uresnet, scnas and 3 random draws; Heart and Lung add scnas_transfer.
@@ -51,6 +63,8 @@ def tiny_study(tmp_path_factory) -> tuple[Path, list[str]]:
         "results": str(root / "results"),
         "run_tasks": ["Tiny"],
         "models": ["uresnet"],
+        "num_folds": TINY_FOLDS,
+        "folds": list(range(TINY_FOLDS)),
         "tasks": {"Tiny": {"synthetic": {"kind": "heart", "cases": 5, "seed": 3, "size": 24}}},
         "transfer": {"source_task": None, "targets": []},
         "preprocess": {"spacing": [2.0, 2.0, 2.0]},
@@ -68,8 +82,9 @@ def test_first_stages_run_on_a_synthetic_task(tiny_study):
     res = root / "results" / "Tiny"
     result = snakemake(str(res / "preprocessed" / "plans.json"), str(res / "splits_final.json"), *args)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert json.loads((res / "check.json").read_text())["cases"]
-    assert len(json.loads((res / "splits_final.json").read_text())) == 5
+    check = json.loads((res / "check.json").read_text())
+    assert check["cases"] and check["format"] == "MSD"
+    assert len(json.loads((res / "splits_final.json").read_text())) == TINY_FOLDS
     assert len(list((res / "preprocessed").glob("*_seg.npy"))) == 5
     assert (res / "logs" / "preprocess.log").read_text().strip()
 
@@ -82,7 +97,7 @@ def test_tiny_study_runs_end_to_end_and_one_fold_reruns_alone(tiny_study):
     table = (res / "cv_table.md").read_text()
     assert "3D U-ResNet" in table and "left atrium" in table
     assert (res / "Tiny" / "cv_table.tex").exists() and (res / "Tiny" / "cv_table.csv").exists()
-    for fold in range(5):
+    for fold in range(TINY_FOLDS):
         assert (res / "Tiny" / "uresnet" / f"fold_{fold}" / "metrics.csv").exists()
 
     (res / "Tiny" / "uresnet" / "fold_2" / "checkpoint_final.pt").unlink()
@@ -113,7 +128,7 @@ def test_after_a_finished_study_a_rerun_fold_trains_afresh_and_a_changed_setting
     assert result.returncode == 0, result.stdout + result.stderr
     log = (res / "Tiny" / "logs" / "train_uresnet_fold_2.log").read_text()
     assert "epoch 1/1" in log and "resuming" not in log
-    for fold in range(5):
+    for fold in range(TINY_FOLDS):
         assert not (res / "Tiny" / "uresnet" / f"fold_{fold}" / "checkpoint_latest.pt").exists()
 
     before = (res / "cv_table.csv").read_text()
@@ -123,3 +138,28 @@ def test_after_a_finished_study_a_rerun_fold_trains_afresh_and_a_changed_setting
     assert result.returncode == 0, result.stdout + result.stderr
     assert "epoch 1/1" in (res / "Tiny" / "logs" / "train_uresnet_fold_0.log").read_text()
     assert (res / "cv_table.csv").read_text() != before
+
+
+def test_test_images_are_predicted_by_each_models_fold_ensemble(tiny_study):
+    root, args = tiny_study
+    res = root / "results" / "Tiny"
+    changed = root / "changed.yaml"
+    assert changed.exists(), "runs after test_after_a_finished_study_a_rerun_fold_trains_afresh_and_a_changed_..."
+    args = [*args, str(changed)]
+    test_dir = res / "raw" / "imagesTs"
+    test_dir.mkdir()
+    for scan in sorted((res / "raw" / "imagesTr").iterdir())[:2]:
+        shutil.copy(scan, test_dir / scan.name.replace("heart_", "unseen_"))
+    dry = snakemake("-n", *args)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert job_counts(dry.stdout) == {"predict_test_set": 1, "all": 1, "total": 2}
+
+    result = snakemake(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = res / "uresnet" / "test_predictions"
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(p.name for p in test_dir.iterdir())
+    manifest = json.loads((out / "predictions.json").read_text())
+    assert manifest["checkpoints"] == [
+        str(res / "uresnet" / f"fold_{k}" / "checkpoint_final.pt") for k in range(TINY_FOLDS)
+    ]
+    assert "predict finished" in (res / "logs" / "predict_test_set_uresnet.log").read_text()

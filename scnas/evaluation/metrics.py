@@ -1,15 +1,17 @@
-"""Per-case, per-label segmentation metrics (Dice, percentile Hausdorff distance) and per-fold summaries.
+"""Per-case, per-label segmentation metrics (Dice, IoU, voxel counts, percentile Hausdorff distance) and
+per-fold summaries: metrics.csv, and summary.json in nnU-Net v2's schema.
 
 Conventions, as in nnU-Net and MONAI:
-- Dice is NaN when a label is absent from both prediction and reference (such cases are left out of
-  means), and 0 when it is present in exactly one of them.
+- Dice = 2TP / (2TP + FP + FN) and IoU = TP / (TP + FP + FN) are NaN when a label is absent from both
+  prediction and reference (nnU-Net's convention; such cases are left out of means), and 0 when it is
+  present in exactly one of them.
 - The surface of a label is the set of its voxels with at least one face (6-)neighbour outside the label;
   voxels beyond the image edge count as outside. The percentile Hausdorff distance (HD95 for
   percentile=95) pools the distances, in mm, from every prediction surface voxel to the nearest reference
   surface voxel and from every reference surface voxel to the nearest prediction surface voxel, and takes
   the percentile of the pooled set (medpy's hd95; MONAI instead takes the larger of the two directed
   percentiles; both give the Hausdorff distance at percentile=100). It is NaN when the label is absent
-  from both and inf when it is present in exactly one.
+  from both and inf when it is present in exactly one; means over cases leave both out.
 """
 
 from __future__ import annotations
@@ -37,17 +39,34 @@ OUTPUTS = (METRICS, SUMMARY)
 
 
 class LabelMetrics(NamedTuple):
+    """One label of one case: Dice, the percentile Hausdorff distance and nnU-Net's voxel counts."""
+
     label: int
     dice: float
     hd: float
-    n_pred: int
-    n_ref: int
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+    @property
+    def n_pred(self) -> int:
+        return self.tp + self.fp
+
+    @property
+    def n_ref(self) -> int:
+        return self.tp + self.fn
+
+    @property
+    def iou(self) -> float:
+        union = self.tp + self.fp + self.fn
+        return self.tp / union if union else math.nan
 
 
 def dice(prediction: np.ndarray, reference: np.ndarray, labels: Iterable[int]) -> dict[int, float]:
     """Dice 2|P∩R|/(|P|+|R|) per label; NaN when the label is in neither map."""
     _check_same_shape(prediction, reference)
-    return {int(label): _dice(prediction == label, reference == label)[0] for label in labels}
+    return {int(label): _counts(prediction == label, reference == label)[0] for label in labels}
 
 
 def hausdorff(
@@ -72,21 +91,27 @@ def case_metrics(
     spacing: Sequence[float],
     percentile: float = 95,
 ) -> list[LabelMetrics]:
-    """One row (label, dice, hd, n_pred, n_ref) per label for a per-case table."""
+    """One LabelMetrics (label, dice, hd, tp, fp, fn, tn) per label for a per-case table."""
     _check_same_shape(prediction, reference)
     spacing = _check_spacing(spacing, prediction.ndim)
     rows = []
     for label in labels:
         p = prediction == label
         r = reference == label
-        d, n_pred, n_ref = _dice(p, r)
-        rows.append(LabelMetrics(int(label), d, _surface_distance(p, r, spacing, percentile), n_pred, n_ref))
+        d, tp, fp, fn = _counts(p, r)
+        hd = _surface_distance(p, r, spacing, percentile)
+        rows.append(LabelMetrics(int(label), d, hd, tp, fp, fn, p.size - tp - fp - fn))
     return rows
 
 
 def hd_column(percentile: float) -> str:
     """Name of the Hausdorff column in metrics.csv: hd95 for percentile 95, hd100 for the maximum."""
     return f"hd{percentile:g}"
+
+
+def hd_key(percentile: float) -> str:
+    """Name of the Hausdorff metric in summary.json, beside nnU-Net's "Dice" and "IoU": HD95, HD100."""
+    return f"HD{percentile:g}"
 
 
 def evaluate_cases(
@@ -97,9 +122,11 @@ def evaluate_cases(
     threads: int = 1,
     provenance: dict | None = None,
 ):
-    """Metrics for each (case_id, prediction NIfTI, reference NIfTI) -> out_dir/metrics.csv + summary.json
-    (which records `provenance`: what the predictions and the metrics' settings were).
+    """Metrics for each (case_id, prediction NIfTI, reference NIfTI) -> out_dir/metrics.csv + summary.json.
 
+    summary.json is nnU-Net v2's (`metric_per_case`, `mean`, `foreground_mean`; see nnunet_summary) with
+    our own keys beside: `labels` (per-label mean/std/count, summarise), `num_cases`, `percentile`,
+    `mean_dice`, `metrics_sha256` and `provenance` (what the predictions and the metrics' settings were).
     Label 0 (background) is skipped, so a dataset.json label map can be passed as is; a prediction
     holding a value that `labels` (or background) does not declare is refused. The two files appear
     together or not at all: both are removed first and written together at the end, and summary.json
@@ -150,7 +177,12 @@ def evaluate_cases(
         records, columns=["case", "label", "label_name", "dice", hd_col, "n_pred", "n_ref"]
     )
     csv = table.to_csv(index=False).encode()
-    summary = {**summarise(table, labels, percentile), "metrics_sha256": hashlib.sha256(csv).hexdigest()}
+    per_case = [(str(pair[1]), str(pair[2]), rows) for pair, (_, rows) in zip(pairs, results)]
+    summary = {
+        **nnunet_summary(per_case, label_ids, percentile),
+        **summarise(table, labels, percentile),
+        "metrics_sha256": hashlib.sha256(csv).hexdigest(),
+    }
     if provenance is not None:
         summary["provenance"] = provenance
     with _output_lock(out_dir):
@@ -205,6 +237,59 @@ def _output_lock(out_dir: Path) -> Iterator[None]:
         except OSError as e:
             raise ScnasError(describe_os_error(e, e.filename or out_dir / LOCK_NAME)) from None
         yield
+
+
+NNUNET_METRICS = ("Dice", "FN", "FP", "IoU", "TN", "TP", "n_pred", "n_ref")
+
+
+def nnunet_summary(
+    cases: Sequence[tuple[str, str, Sequence[LabelMetrics]]], labels: Sequence[int], percentile: float = 95
+) -> dict:
+    """nnU-Net v2's summary.json content for (prediction file, reference file, rows) per case.
+
+    As nnunetv2.evaluation.evaluate_predictions.compute_metrics_on_folder: `metric_per_case` lists
+    {"metrics": {"1": {Dice, FN, FP, IoU, TN, TP, n_pred, n_ref}}, "prediction_file", "reference_file"},
+    `mean` is per label the NaN-skipping mean over cases of each metric, `foreground_mean` the plain mean
+    over labels of those means (NaN when a label's is). HD{p} (hd_key) is added in all three; its per-label
+    mean leaves out NaN and inf (label in one map only). NaN is written as nnU-Net writes it (JSON NaN).
+    """
+    hd = hd_key(percentile)
+    keys = sorted((*NNUNET_METRICS, hd))
+    metric_per_case = [
+        {
+            "metrics": {str(row.label): _nnunet_row(row, hd) for row in rows},
+            "prediction_file": prediction_file,
+            "reference_file": reference_file,
+        }
+        for prediction_file, reference_file, rows in cases
+    ]
+    mean = {}
+    for label in labels:
+        values = {k: np.array([c["metrics"][str(label)][k] for c in metric_per_case], np.float64) for k in keys}
+        mean[str(label)] = {k: _nan_mean(v[np.isfinite(v)] if k == hd else v) for k, v in values.items()}
+    foreground_mean = {k: float(np.mean([mean[str(label)][k] for label in labels])) for k in keys}
+    return {"foreground_mean": foreground_mean, "mean": mean, "metric_per_case": metric_per_case}
+
+
+def _nnunet_row(row: LabelMetrics, hd: str) -> dict:
+    values = {
+        "Dice": row.dice,
+        "FN": row.fn,
+        "FP": row.fp,
+        hd: row.hd,
+        "IoU": row.iou,
+        "TN": row.tn,
+        "TP": row.tp,
+        "n_pred": row.n_pred,
+        "n_ref": row.n_ref,
+    }
+    return dict(sorted(values.items()))
+
+
+def _nan_mean(values: np.ndarray) -> float:
+    """np.nanmean without its warning for no values: NaN then."""
+    kept = values[~np.isnan(values)]
+    return float(np.nanmean(values)) if kept.size else math.nan
 
 
 def summarise(table, labels: dict[int, str], percentile: float = 95) -> dict:
@@ -267,11 +352,13 @@ def _evaluate_case(
     return case_metrics(prediction, reference, labels, spacing_from_affine(ref_affine), percentile)
 
 
-def _dice(p: np.ndarray, r: np.ndarray) -> tuple[float, int, int]:
-    n_pred, n_ref = int(np.count_nonzero(p)), int(np.count_nonzero(r))
-    if n_pred + n_ref == 0:
-        return math.nan, 0, 0
-    return 2.0 * int(np.count_nonzero(p & r)) / (n_pred + n_ref), n_pred, n_ref
+def _counts(p: np.ndarray, r: np.ndarray) -> tuple[float, int, int, int]:
+    """Dice (2TP / (2TP + FP + FN), NaN when both are empty), TP, FP and FN of two boolean masks."""
+    tp = int(np.count_nonzero(p & r))
+    fp, fn = int(np.count_nonzero(p)) - tp, int(np.count_nonzero(r)) - tp
+    if tp + fp + fn == 0:
+        return math.nan, 0, 0, 0
+    return 2 * tp / (2 * tp + fp + fn), tp, fp, fn
 
 
 def _surface_distance(p: np.ndarray, r: np.ndarray, spacing: tuple[float, ...], percentile: float) -> float:

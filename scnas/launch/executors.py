@@ -56,13 +56,15 @@ def run_job(job: Job, launcher: LauncherConfig) -> Any:
 
 
 def _warn_if_gpus_unavailable(job: Job) -> None:
-    """An in-process job asking for GPUs on a machine without CUDA is probably a missing --profile."""
+    """An in-process job asking for GPUs on a machine without CUDA is probably a launcher left at its default."""
     import torch
 
     if (job.resources.gpus_per_node or 0) > 0 and not torch.cuda.is_available():
         _say(
             f"warning: {job.name} asks for {job.resources.gpus_per_node} GPU(s) per node but runs in this process "
-            "on the CPU (launcher.executor: inprocess); use --profile profiles/slurm to submit it to the cluster"
+            "on the CPU (launcher.executor: inprocess); set launcher.executor: slurm in your config (or local on "
+            "a machine with GPUs), or launcher.default.gpus_per_node: 0 (and 0 for any launcher.search, train or "
+            "predict that sets its own) to run on the CPU"
         )
 
 

@@ -57,12 +57,27 @@ def train_target(
         )
 
 
-def predict_target(checkpoint: str, images: list[str], out_dir: str, settings: dict) -> dict[str, Any]:
+def predict_target(
+    checkpoint: str | list[str],
+    images: list,
+    out_dir: str,
+    settings: dict,
+    cases: dict[str, list[str]] | None = None,
+    save_probabilities: bool = False,
+) -> dict[str, Any]:
+    """Predict with one checkpoint, or with the mean probabilities of a list of them (a fold ensemble)."""
     from scnas.inference.predict import predict_files
 
     _setup_logging()
     with _one_line_errors():
-        written = predict_files(checkpoint, images, out_dir, task_settings(settings).inference)
+        written = predict_files(
+            checkpoint,
+            images,
+            out_dir,
+            task_settings(settings).inference,
+            cases=cases,
+            save_probabilities=save_probabilities,
+        )
     return {"predictions": len(written), "out_dir": out_dir}
 
 
