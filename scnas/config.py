@@ -67,6 +67,7 @@ class PreprocessConfig:
 class PlanConfig:
     patch_size: tuple[int, int, int]
     fit_to_median_shape: bool
+    gpu_memory_gb: float | None
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class SearchConfig:
     lr_factor: float
     patience: int
     epochs: int
+    extra_epochs: int
     iterations_per_epoch: int | Literal["auto"]
     arch_fraction: float
     sampling: Literal["two", "all", "one"]

@@ -18,6 +18,7 @@ from conftest import NO_AUG, cli_env
 from scnas.config import task_settings
 from scnas.data.sampler import PatchSampler
 from scnas.data.store import load_preprocessed
+from scnas.nas.diagnostics import converged
 from scnas.train.checkpoint import load_checkpoint
 from scnas.train.search import SearchRequest, search, temperature
 from scnas.train.training import TrainRequest, train
@@ -173,6 +174,32 @@ def test_temperature_anneals_from_start_to_end():
     assert taus[0] == pytest.approx(4.0) and taus[-1] == pytest.approx(0.25)
     assert all(b < a for a, b in zip(taus, taus[1:]))
     assert taus[2] == pytest.approx(1.0)  # geometric mean: exponential schedule
+    assert temperature(cfg, 5) == temperature(cfg, 9) == 0.25  # extra epochs stay at tau.end
+
+
+def test_extra_epochs_continue_at_tau_end_until_the_genotype_is_stable(tiny_task, tmp_path):
+    settings = {
+        "stem_channels": 8,
+        "batch_size": 2,
+        "epochs": 2,
+        "extra_epochs": 6,
+        "iterations_per_epoch": 2,
+        "amp": False,
+        "alpha_lr": 0.05,
+        "augmentation": NO_AUG,
+        "tau": {"start": 2.0, "end": 0.5},
+    }
+    out = tmp_path / "search" / "fold_0"
+    search(SearchRequest(tiny_task["pre"], tiny_task["splits"], 0, out, task_settings({"search": settings}), task="t"))
+    rows = _log(out / "search_log.csv")
+    genotypes = [r["genotype"] for r in rows]
+    assert 2 <= len(rows) <= 8
+    assert all(float(r["tau"]) == 0.5 for r in rows[1:])
+    stable = [converged(genotypes[:n]) for n in range(1, len(rows) + 1)]
+    if len(rows) < 8:  # it stopped at the first stable epoch after the schedule's two
+        assert stable[-1] and not any(stable[2:-1])
+    summary = json.loads((out / "search_summary.json").read_text())
+    assert summary["epochs"] == len(rows) and summary["converged"] == stable[-1]
 
 
 def test_search_moves_alpha_lowers_the_architecture_loss_and_writes_a_genotype(tiny_task, tmp_path):

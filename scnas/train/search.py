@@ -62,8 +62,8 @@ class SearchRequest:
 
 
 def temperature(cfg: SearchConfig, epoch: int) -> float:
-    """Exponential annealing: tau.start at the first epoch, tau.end at the last."""
-    if cfg.epochs == 1:
+    """Exponential annealing: tau.start at the first epoch, tau.end at the schedule's last and after it."""
+    if cfg.epochs == 1 or epoch >= cfg.epochs - 1:
         return cfg.tau.end
     return cfg.tau.start * (cfg.tau.end / cfg.tau.start) ** (epoch / (cfg.epochs - 1))
 
@@ -113,8 +113,12 @@ class _Search:
         self.a_sampler = PatchSampler.from_dir(req.preprocessed, arch_ids, patch, cfg.foreground_fraction)
         self.steps = steps_per_epoch(cfg.iterations_per_epoch, len(weight_ids), cfg.batch_size)
         self.alphas: list[dict[str, Any]] = []
+        self.genotypes: list[str] = []
 
     def stop_reason(self, epoch: int) -> str | None:
+        """After the schedule's epochs, stop at the first epoch whose genotype history is stable."""
+        if epoch >= self.cfg.epochs and diagnostics.converged(self.genotypes):
+            return f"the genotype is stable after {epoch} epochs"
         return None
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
@@ -131,7 +135,8 @@ class _Search:
         w_total = torch.zeros((), device=device, dtype=torch.float64)
         a_total = torch.zeros((), device=device, dtype=torch.float64)
         net.train()
-        for w_batch, a_batch in progress(pairs, self.steps, f"search epoch {epoch + 1}/{cfg.epochs}", ctx.is_main):
+        label = f"search epoch {epoch + 1}/{cfg.epochs}" + (f" (+{cfg.extra_epochs})" if cfg.extra_epochs else "")
+        for w_batch, a_batch in progress(pairs, self.steps, label, ctx.is_main):
             w_total += self._step(w_batch, self.w_params, self.w_opt, generator)
             a_total += self._step(a_batch, self.a_params, self.a_opt, generator)
         w_loss = float(ctx.all_reduce_mean(w_total / self.steps))
@@ -141,6 +146,8 @@ class _Search:
         probs = alpha_snapshot(net)
         figures = diagnostics.epoch_figures(probs, self.alphas[-1]["softmax_alpha"] if self.alphas else None)
         self.alphas.append({"epoch": epoch + 1, "tau": net.tau, "softmax_alpha": probs, "diagnostics": figures})
+        genotype = json.dumps(net.genotype().to_dict()["cells"], separators=(",", ":"))
+        self.genotypes.append(genotype)
         return {
             "tau": round(net.tau, 6),
             "weight_loss": round(w_loss, 6),
@@ -150,7 +157,7 @@ class _Search:
             "mean_entropy": round(sum(f["entropy"] for f in figures.values()) / len(figures), 4),
             "mean_max_prob": round(sum(f["max_prob"] for f in figures.values()) / len(figures), 4),
             "argmax_changes": sum(f["argmax_changes"] for f in figures.values()),
-            "genotype": json.dumps(net.genotype().to_dict()["cells"], separators=(",", ":")),
+            "genotype": genotype,
         }
 
     def _step(
@@ -175,6 +182,7 @@ class _Search:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.precision.scaler.state_dict(),
             "alpha_history": self.alphas,
+            "genotypes": self.genotypes,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -184,6 +192,7 @@ class _Search:
         self.scheduler.load_state_dict(state["scheduler"])
         self.precision.scaler.load_state_dict(state["scaler"])
         self.alphas = list(state["alpha_history"])
+        self.genotypes = list(state["genotypes"])
 
 
 def _describe_row(row: dict[str, Any]) -> str:
@@ -222,13 +231,14 @@ def search(req: SearchRequest, ctx: DistContext | None = None) -> dict[str, Any]
         if ctx.is_main:
             write_json(out / SPLIT, {"weight_cases": weight_ids, "arch_cases": arch_ids})
             log.info(
-                "search on %d weight-set and %d architecture-set cases, sampling=%s, stem %d, %d epochs of %d "
-                "weight and %d alpha steps (batch %d)",
+                "search on %d weight-set and %d architecture-set cases, sampling=%s, stem %d, %d epochs (+ up to %d "
+                "until stable) of %d weight and %d alpha steps (batch %d)",
                 len(weight_ids),
                 len(arch_ids),
                 cfg.sampling,
                 cfg.stem_channels,
                 cfg.epochs,
+                cfg.extra_epochs,
                 stage.steps,
                 stage.steps,
                 cfg.batch_size,
@@ -237,7 +247,7 @@ def search(req: SearchRequest, ctx: DistContext | None = None) -> dict[str, Any]
             stage,
             out_dir=out,
             provenance=provenance,
-            epochs=cfg.epochs,
+            epochs=cfg.epochs + cfg.extra_epochs,
             ctx=ctx,
             device=ctx.device,
             log_name=LOG,
@@ -252,7 +262,8 @@ def search(req: SearchRequest, ctx: DistContext | None = None) -> dict[str, Any]
             if not result["converged"]:
                 log.warning(
                     "the genotype was still changing in the last %d%% of the epochs (stable since epoch %d of %d): "
-                    "the search has not converged; search longer (search.epochs)",
+                    "the search has not converged; search longer (search.epochs, or search.extra_epochs to continue "
+                    "at tau.end until it is stable)",
                     round(100 * diagnostics.STABLE_FRACTION),
                     result["genotype_stable_since_epoch"],
                     len(history),
