@@ -17,7 +17,7 @@ import torch
 
 from scnas.config import Resources, task_settings
 from scnas.errors import ScnasError
-from scnas.launch import Job, run_job
+from scnas.launch import Job, devices, run_job
 from scnas.launch.executors import config_key
 from scnas.launch.job import limit_threads, rank_devices
 from scnas.launch.slurm import check_request, gres_gpus, parse_time_limit
@@ -368,3 +368,29 @@ def test_a_rank_computes_on_the_cpus_it_was_given(monkeypatch):
         assert fresh.stdout.strip() == "1"  # a torch imported after the call obeys it too
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.timeout(120)
+def test_a_local_job_runs_on_gpus_that_no_other_local_job_holds(tmp_path, monkeypatch):
+    """Two GPUs of 3,5,7 with 3 held elsewhere: the ranks see 5 and 7, not submitit's own 0 and 1."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,7")
+    monkeypatch.setattr(devices, "LOCK_PARENT", tmp_path)
+    lc = launcher("local", train={"gpus_per_node": 2})
+    with devices.claim_gpus(1, "other-job", "launcher.default.gpus_per_node") as other:
+        assert other == ["3"]
+        result = run_job(make_job(tmp_path, lc, steps=1), lc)
+    assert result["world_size"] == 2
+    assert result["cuda_visible_devices"] == ["5", "7"]
+    assert devices.holders(["3", "5", "7"]) == {"3": None, "5": None, "7": None}
+
+
+def test_a_local_job_asking_for_more_gpus_than_the_machine_has_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setattr(devices, "LOCK_PARENT", tmp_path)
+    lc = launcher("local", train={"gpus_per_node": 2})
+    with pytest.raises(ScnasError) as info:
+        run_job(make_job(tmp_path, lc), lc)
+    assert str(info.value) == (
+        "launcher.train.gpus_per_node: 2 GPUs per node requested, this machine has 1 (CUDA_VISIBLE_DEVICES=3)"
+    )
+    assert not (tmp_path / "logs").exists()

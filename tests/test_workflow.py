@@ -120,6 +120,30 @@ def test_a_config_error_is_one_line_naming_the_key(tmp_path):
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_a_missing_data_root_or_dataset_is_one_line_naming_the_key(tmp_path):
+    """Not Snakemake's MissingInputException, whose last line is only a path."""
+    missing = tmp_path / "not-mounted"
+    result = snakemake("-n", "--cores", "1", "--config", f"data_root={missing}", f"results={tmp_path / 'results'}")
+    assert result.returncode != 0
+    output = (result.stdout + result.stderr).strip().splitlines()
+    assert output[-1] == (
+        f"scnas: error in the Snakemake config: config key data_root: folder {missing} does not exist (it should "
+        "hold the task folders Task01_BrainTumour, Task02_Heart, Task06_Lung); set data_root in your config file "
+        "or with --config data_root=DIR"
+    )
+    assert [line for line in output if "scnas" in line or "Exception" in line] == output[-1:]
+
+    for task in ("Task01_BrainTumour", "Task02_Heart"):
+        (tmp_path / task).mkdir()
+    (tmp_path / "Task01_BrainTumour" / "dataset.json").write_text("{}")
+    result = snakemake("-n", "--cores", "1", "--config", f"data_root={tmp_path}", f"results={tmp_path / 'results'}")
+    assert result.returncode != 0
+    assert (result.stdout + result.stderr).strip().splitlines()[-1] == (
+        f"scnas: error in the Snakemake config: config key tasks.Task02_Heart.dataset: {tmp_path / 'Task02_Heart'} "
+        "has no dataset.json (an MSD task or nnU-Net v2 dataset folder has one)"
+    )
+
+
 def test_after_a_finished_study_a_rerun_fold_trains_afresh_and_a_changed_setting_changes_the_table(tiny_study):
     root, args = tiny_study
     res = root / "results"

@@ -20,7 +20,7 @@ from submitit.core.utils import pickle_load
 
 from scnas.config import LauncherConfig, Resources
 from scnas.errors import ConfigError, ScnasError
-from scnas.launch import slurm
+from scnas.launch import devices, slurm
 from scnas.launch.job import Job, TargetCall, resolve_target
 
 LOG_TAIL_LINES = 20
@@ -73,6 +73,14 @@ def _say(message: str) -> None:
 
 
 def _run_local(job: Job, launcher: LauncherConfig) -> Any:
+    """A submitit job on this machine, on GPUs that no other local job of this user holds meanwhile."""
+    res = job.resources
+    key = config_key(launcher, res, "gpus_per_node")
+    with devices.claim_gpus(res.gpus_per_node or 0, job.name, key, say=_say) as gpus:
+        return _run_local_on(job, launcher, gpus)
+
+
+def _run_local_on(job: Job, launcher: LauncherConfig, gpus: list[str]) -> Any:
     res = job.resources
     executor = submitit.LocalExecutor(folder=job.log_dir, max_num_timeout=launcher.max_requeues)
     executor.update_parameters(
@@ -89,9 +97,10 @@ def _run_local(job: Job, launcher: LauncherConfig) -> Any:
             _say(f"{signame} received: stopped local job {sub.job_id} ({job.name}) and its processes")
 
     with _cancel_on_signal(cancel):
-        sub = executor.submit(TargetCall(job))
+        sub = executor.submit(TargetCall(job, gpus))
         submitted.append(sub)
-        _say(f"local job {sub.job_id} ({job.name}): {res.processes_per_node} process(es); logs in {job.log_dir}")
+        on = f" on GPU(s) {','.join(gpus)}" if gpus else ""
+        _say(f"local job {sub.job_id} ({job.name}): {res.processes_per_node} process(es){on}; logs in {job.log_dir}")
         failed_since = None
         while not sub.done():
             if failed_since is None and _failed_tasks(sub):

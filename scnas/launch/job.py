@@ -57,20 +57,23 @@ class TargetCall:
     """What submitit pickles and runs in each process of a local or SLURM job.
 
     It exports the torch.distributed environment, gives each rank its own GPU (none when the job
-    asked for none), and calls the target. checkpoint() resubmits this same call, so preemption or
-    a time limit requeues the job, and the target resumes from its on-disk checkpoint.
+    asked for none), and calls the target. The ranks share out `devices` (the GPUs a local job
+    claimed) or else the node's CUDA_VISIBLE_DEVICES (as SLURM sets it). checkpoint() resubmits this
+    same call, so preemption or a time limit requeues the job, and the target resumes from its
+    on-disk checkpoint.
     """
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, devices: list[str] | None = None) -> None:
         self.job = job
+        self.devices = devices
 
     def __call__(self) -> Any:
         from submitit.helpers import TorchDistributedEnvironment
 
         env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-        os.environ["CUDA_VISIBLE_DEVICES"] = rank_devices(
-            os.environ.get("CUDA_VISIBLE_DEVICES"), env.local_rank, self.job.resources.gpus_per_node or 0
-        )
+        visible = ",".join(self.devices) if self.devices is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = self.job.resources.gpus_per_node or 0
+        os.environ["CUDA_VISIBLE_DEVICES"] = rank_devices(visible, env.local_rank, gpus)
         if self.job.resources.cpus_per_task:
             limit_threads(self.job.resources.cpus_per_task)
         return resolve_target(self.job.target, self.job.name)(**self.job.kwargs)

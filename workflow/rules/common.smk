@@ -2,6 +2,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 from scnas.config import from_dict
 from scnas.errors import ConfigError
@@ -21,6 +22,35 @@ ENV = "../../envs/scnas.yaml"
 # A heavy rule's process either waits for a SLURM job or does the work itself; on a small machine two
 # single-threaded trainings get more done than one with two threads (the networks are many small ops).
 HEAVY_THREADS = 1 if CFG.launcher.executor == "slurm" else max(1, (workflow.cores or 1) // 2)
+
+
+def dataset_problem(task):
+    """The config key and what is wrong when `task`'s dataset folder or its dataset.json is missing: one line
+    here, instead of Snakemake's MissingInputException ending in a path."""
+    folder = Path(os.path.abspath(CFG.dataset_dir(task)))
+    if (folder / "dataset.json").is_file():
+        return None
+    root = Path(os.path.abspath(os.path.expanduser(CFG.data_root)))
+    if not Path(os.path.expanduser(CFG.task(task).dataset)).is_absolute() and not root.is_dir():
+        given = [CFG.task(t).dataset for t in KNOWN_TASKS if t not in SYNTHETIC]
+        folders = ", ".join(d for d in given if not os.path.isabs(os.path.expanduser(d)))
+        return (
+            f"config key data_root: folder {root} does not exist (it should hold the task folders {folders}); "
+            "set data_root in your config file or with --config data_root=DIR"
+        )
+    key = f"config key tasks.{task}.dataset"
+    if not folder.exists():
+        return f"{key}: folder {folder} does not exist"
+    if not folder.is_dir():
+        return f"{key}: {folder} is not a folder"
+    return f"{key}: {folder} has no dataset.json (an MSD task or nnU-Net v2 dataset folder has one)"
+
+
+# `snakemake --lint` judges the workflow, not this machine's data (it skips the environment variables too).
+if workflow.check_envvars:
+    for _real_task in [t for t in KNOWN_TASKS if t not in SYNTHETIC]:
+        if _problem := dataset_problem(_real_task):
+            sys.exit(f"scnas: error in the Snakemake config: {_problem}")
 
 
 def _alternatives(names):
