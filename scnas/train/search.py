@@ -78,12 +78,15 @@ def alpha_snapshot(net: SearchNetwork) -> dict[str, list[list[float]]]:
 
 def search_provenance(req: SearchRequest, plans: Plans, split: str) -> Provenance:
     """What a fold's genotype depends on: the search settings, plans, split, seed and fold."""
+    settings = dataclass_to_dict(req.settings.search)
+    if not settings["extra_epochs"]:  # absent means none, so searches made before the key keep their fingerprints
+        del settings["extra_epochs"]
     return Provenance.of(
         {
             "stage": "search",
             "seed": req.settings.seed,
             "fold": req.fold,
-            "search": dataclass_to_dict(req.settings.search),
+            "search": settings,
             "plans": plans.fingerprint,
             "split": split,
         }

@@ -61,12 +61,14 @@ def fold_fingerprint(train_ids: list[str], val_ids: list[str]) -> str:
 
 def training_provenance(req: TrainRequest, spec: dict, plans: Plans, split: str) -> Provenance:
     """What a fold's model depends on: the training settings, the resolved model, plans, split, seed, fold."""
+    settings = dataclass_to_dict(req.settings.train)
+    del settings["upsample_before_reduce"]  # the model spec says it where it matters (genotype networks)
     return Provenance.of(
         {
             "stage": "train",
             "seed": req.settings.seed,
             "fold": req.fold,
-            "train": dataclass_to_dict(req.settings.train),
+            "train": settings,
             "model": spec,
             "plans": plans.fingerprint,
             "split": split,
