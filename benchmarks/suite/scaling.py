@@ -9,7 +9,7 @@ Ranks: the U-ResNet training step (DDP, the Jaccard loss pooled over the ranks a
 does) and the two-op search step (gradients averaged with scnas.train.engine.average_gradients), one
 process per rank, one thread each, on one global batch of 2 split over the ranks. Check: after the first
 step, rank 0's gradients equal those of one process holding the whole batch: relative L2 difference
-<= 1e-4 for the U-ResNet, <= 5e-3 for the search network, whose instance norms over the few voxels of
+<= 5e-4 for the U-ResNet, <= 5e-3 for the search network, whose instance norms over the few voxels of
 its coarsest cells magnify float32 rounding (in float64 its difference is 1e-15).
 """
 
@@ -43,7 +43,7 @@ RANKS_FULL = {"train_patch": 64, "search_patch": 32, "uresnet": 32, "stem": 16, 
 RANKS_QUICK = {"train_patch": 16, "search_patch": 16, "uresnet": 4, "stem": 8, "steps": 1}
 GLOBAL_BATCH = 2
 AUG_BATCHES = 2  # batches of 2 samples per timed augmentation run
-GRAD_TOLERANCE = {"train": 1e-4, "search": 5e-3}
+GRAD_TOLERANCE = {"train": 5e-4, "search": 5e-3}
 
 
 def _predicted(last: tuple[int, float] | None, edge: int) -> float:
