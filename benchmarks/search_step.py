@@ -2,13 +2,16 @@
 
 A search step is what the search loop does per iteration: forward + backward on the operation weights
 and an Adam step on them (one batch), then forward + backward on alpha and an Adam step on alpha
-(another batch), with the paper's Adam settings; the loss is cross-entropy. Every configuration runs
-in a fresh subprocess: peak memory = peak RSS (ru_maxrss) minus the RSS just before the first step
-(on CUDA also torch.cuda.max_memory_allocated minus the allocation before the first step); time =
-median over `--steps` steps after `--warmup`. The paper's claim: "two" needs at most 0.4x of "all".
+(another batch), with the paper's Adam settings and the search loop's Jaccard loss on int16 labels.
+Every configuration runs in a fresh subprocess: peak memory = peak RSS (ru_maxrss) minus the RSS just
+before the first step (on CUDA also torch.cuda.max_memory_allocated minus the allocation before the
+first step); time = median over `--steps` steps after `--warmup`. The paper's claim: "two" needs at
+most 0.4x of "all". The search network recomputes cheap intermediates in the backward pass (its
+`recompute`, on by default; `--no-recompute` keeps them all, as before).
 
     python -m benchmarks.search_step                 # two / all / one at 64^3, stem 16, batch 1
     python -m benchmarks.search_step --max-patch     # largest cubic patch for a stem-48 "two" step (CPU)
+    python -m benchmarks.search_step --patch-only 128 --max-patch-stem 48   # one stem-48 step at 128^3
 
 `--max-patch` tries patch sizes 16, 32, 48, ... in subprocesses, watching each one's RSS: a size
 stops when it passes `--stop-gib` (real memory this run may use; default 20) or leaves less than
@@ -31,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.common import RESULTS, machine, markdown_table, write_result
 from scnas.io import read_json
 from scnas.nas import SearchNetwork
+from scnas.train.loss import jaccard_loss
 
 NAME = "search_step"
 GIB = 2**30
@@ -65,7 +68,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _half_step(net: SearchNetwork, x: torch.Tensor, y: torch.Tensor, params: list, optimizer) -> None:
-    loss = F.cross_entropy(net(x), y)
+    loss = jaccard_loss(net(x), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward(inputs=params)
     optimizer.step()
@@ -76,7 +79,15 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
     device = torch.device(cfg["device"])
-    net = SearchNetwork(IN_CHANNELS, NUM_CLASSES, cfg["stem"], sampling=cfg["sampling"], seed=0, tau=cfg["tau"])
+    net = SearchNetwork(
+        IN_CHANNELS,
+        NUM_CLASSES,
+        cfg["stem"],
+        sampling=cfg["sampling"],
+        seed=0,
+        tau=cfg["tau"],
+        recompute=cfg.get("recompute", True),
+    )
     net = net.to(device).train()
     w_params, a_params = net.weight_parameters(), net.arch_parameters()
     w_opt = torch.optim.Adam(w_params, lr=0.025, betas=(0.1, 0.001))
@@ -84,8 +95,8 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     shape = (cfg["batch"], IN_CHANNELS, *(cfg["patch"],) * 3)
     labels = (cfg["batch"], *(cfg["patch"],) * 3)
     x_w, x_a = torch.randn(shape, device=device), torch.randn(shape, device=device)
-    y_w = torch.randint(0, NUM_CLASSES, labels, device=device)
-    y_a = torch.randint(0, NUM_CLASSES, labels, device=device)
+    y_w = torch.randint(0, NUM_CLASSES, labels, dtype=torch.int16, device=device)
+    y_a = torch.randint(0, NUM_CLASSES, labels, dtype=torch.int16, device=device)
     _sync(device)
     rss_before = _rss_bytes()
     if device.type == "cuda":
@@ -112,15 +123,21 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_worker(
-    cfg: dict[str, Any], stop_bytes: int | None = None, reserve_bytes: int = 0, max_seconds: float | None = None
+    cfg: dict[str, Any],
+    stop_bytes: int | None = None,
+    reserve_bytes: int = 0,
+    max_seconds: float | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run `worker(cfg)` in a fresh interpreter; optionally stop it on RSS, free memory or time."""
+    """Run `worker(cfg)` in a fresh interpreter (environment `env`, default this one's); optionally stop it
+    on RSS, free memory or time."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.search_step", "--worker", json.dumps(cfg)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).parent.parent,
+        env=env,
     )
     start, peak, stopped = time.monotonic(), 0, None
     while proc.poll() is None:
@@ -161,6 +178,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
                 "threads": args.threads,
                 "warmup": args.warmup,
                 "steps": args.steps,
+                "recompute": not args.no_recompute,
             }
             print(f"{device} {sampling}: patch {args.patch}^3, stem {args.stem}, batch {args.batch} ...", flush=True)
             result = run_worker(cfg)
@@ -189,9 +207,11 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def max_patch(args: argparse.Namespace) -> dict[str, Any]:
+    from scnas.models.memory import search_step_memory
+
+    recompute = not args.no_recompute
     trials = []
-    size = args.start
-    while size <= args.max_size:
+    for size in args.sizes or range(args.start, args.max_size + 1, 16):
         cfg = {
             "device": "cpu",
             "sampling": "two",
@@ -202,14 +222,30 @@ def max_patch(args: argparse.Namespace) -> dict[str, Any]:
             "threads": args.threads,
             "warmup": 0,
             "steps": 1,
+            "recompute": recompute,
         }
-        print(f"max-patch: {size}^3, stem {args.max_patch_stem} ...", flush=True)
+        predicted = search_step_memory(
+            (size,) * 3,
+            args.max_patch_stem,
+            1,
+            IN_CHANNELS,
+            NUM_CLASSES,
+            "two",
+            draw=0,
+            tau=args.tau,
+            recompute=recompute,
+            warm=False,
+        )
+        print(
+            f"max-patch: {size}^3, stem {args.max_patch_stem}, predicted {predicted.step_gib:.2f} GiB ...", flush=True
+        )
         result = run_worker(
             cfg,
             stop_bytes=int(min(args.stop_gib, args.limit_gib) * GIB),
             reserve_bytes=int(args.reserve_gib * GIB),
             max_seconds=args.max_seconds,
         )
+        result["predicted_step_gib"] = predicted.step_gib
         print(
             f"  {result['status']}  step {result.get('step_rss_gib', float('nan')):.2f} GiB  "
             f"{result.get('median_seconds', float('nan')):.0f} s",
@@ -218,13 +254,13 @@ def max_patch(args: argparse.Namespace) -> dict[str, Any]:
         trials.append(result)
         if result["status"] != "ok" or result["peak_rss_gib"] > args.limit_gib:
             break
-        size += 16
     measured = [t for t in trials if t["status"] == "ok"]
     fits = [t["patch"] for t in measured if t["peak_rss_gib"] <= args.limit_gib]
     summary: dict[str, Any] = {
         "limit_gib": args.limit_gib,
         "stop_gib": args.stop_gib,
         "stem": args.max_patch_stem,
+        "recompute": recompute,
         "trials": trials,
         "largest_measured_fit": max(fits) if fits else None,
     }
@@ -256,7 +292,13 @@ def markdown(result: dict[str, Any]) -> str:
             f"channels, {NUM_CLASSES} classes, tau {first['tau']}, {first['threads']} CPU thread(s); "
             f"median of {first['steps']} steps after {first['warmup']} warm-up. A step = weight "
             "forward/backward/Adam + alpha forward/backward/Adam. Memory = peak RSS of a fresh process "
-            "minus its RSS before the first step.\n"
+            "minus its RSS before the first step."
+            + (
+                " Measured before the search network recomputed intermediates and with a cross-entropy loss."
+                if "recompute" not in first
+                else f" Recomputation {'on' if first['recompute'] else 'off'}."
+            )
+            + "\n"
         )
         rows = [
             [
@@ -277,31 +319,41 @@ def markdown(result: dict[str, Any]) -> str:
         for device, ratio in comp["ratios"].items():
             parts = ", ".join(f"{k} = {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in ratio.items())
             text.append(f"\n{device}: {parts}\n")
-    mp = result.get("max_patch")
-    if mp:
-        text.append(
-            f"\n## Largest cubic patch for a stem-{mp['stem']} two-op search step on CPU "
-            f"(limit {mp['limit_gib']} GiB, this run stopped at {mp['stop_gib']} GiB)\n"
-        )
-        rows = [
-            [
-                f"{t['patch']}^3",
-                t["status"],
-                f"{t['peak_rss_gib']:.2f}" if "peak_rss_gib" in t else f">= {t['watched_peak_rss_gib']:.2f}",
-                f"{t['step_rss_gib']:.2f}" if "step_rss_gib" in t else "-",
-                f"{t['median_seconds']:.0f}" if "median_seconds" in t else "-",
-            ]
-            for t in mp["trials"]
-        ]
-        text.append(markdown_table(["patch", "status", "peak RSS (GiB)", "step memory (GiB)", "step (s)"], rows))
-        text.append(f"\nLargest measured patch that fits: {mp['largest_measured_fit']}^3.\n")
-        if "estimated_peak_rss_gib" in mp:
-            est = ", ".join(f"{s}^3: {g} GiB" for s, g in mp["estimated_peak_rss_gib"].items())
-            text.append(
-                f"Extrapolated (linear in voxels, not measured): {est}; largest estimated fit "
-                f"{mp['estimated_largest_fit']}^3.\n"
-            )
+    for key in ("max_patch_no_recompute", "max_patch"):
+        if key in result:
+            text.append(_max_patch_markdown(result[key]))
     text.append(f"\nMachine: {json.dumps(result['machine'])}\n")
+    return "\n".join(text)
+
+
+def _max_patch_markdown(mp: dict[str, Any]) -> str:
+    how = "recomputing cheap intermediates in the backward pass" if mp["recompute"] else "keeping every intermediate"
+    text = [
+        f"\n## Stem-{mp['stem']} two-op search step on CPU, {how} (limit {mp['limit_gib']} GiB, a run stops at "
+        f"{mp['stop_gib']} GiB)\n"
+    ]
+    if mp.get("note"):
+        text.append(f"{mp['note']}\n")
+    rows = [
+        [
+            f"{t['patch']}^3",
+            t["status"],
+            f"{t['peak_rss_gib']:.2f}" if "peak_rss_gib" in t else f">= {t['watched_peak_rss_gib']:.2f}",
+            f"{t['step_rss_gib']:.2f}" if "step_rss_gib" in t else "-",
+            f"{t['predicted_step_gib']:.2f}" if "predicted_step_gib" in t else "-",
+            f"{t['median_seconds']:.0f}" if "median_seconds" in t else "-",
+        ]
+        for t in mp["trials"]
+    ]
+    header = ["patch", "status", "peak RSS (GiB)", "step memory (GiB)", "predicted step (GiB)", "step (s)"]
+    text.append(markdown_table(header, rows))
+    text.append(f"\nLargest measured patch that fits: {mp['largest_measured_fit']}^3.\n")
+    if "estimated_peak_rss_gib" in mp:
+        est = ", ".join(f"{s}^3: {g} GiB" for s, g in mp["estimated_peak_rss_gib"].items())
+        text.append(
+            f"Extrapolated (linear in voxels, not measured): {est}; largest estimated fit "
+            f"{mp['estimated_largest_fit']}^3.\n"
+        )
     return "\n".join(text)
 
 
@@ -322,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=900.0)
     parser.add_argument("--start", type=int, default=16)
     parser.add_argument("--max-size", type=int, default=256)
+    parser.add_argument("--sizes", type=int, nargs="+", help="--max-patch: these cubic sizes instead of 16, 32, ...")
+    parser.add_argument("--no-recompute", action="store_true", help="keep every intermediate (the network before)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -329,8 +383,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     path = RESULTS / f"{NAME}.json"
     result = read_json(path) if path.exists() else {}
+    if "recompute" not in result.get("max_patch", {"recompute": True}):
+        result["max_patch_no_recompute"] = {
+            **result.pop("max_patch"),
+            "recompute": False,
+            "note": "Measured before the per-axis pooling and upsampling and with a cross-entropy loss.",
+        }
     if args.max_patch:
-        result["max_patch"] = max_patch(args)
+        result["max_patch" if not args.no_recompute else "max_patch_no_recompute"] = max_patch(args)
     else:
         result["compare"] = compare(args)
     result["machine"] = machine()

@@ -143,7 +143,14 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     threads = args.threads or settings.preprocess.threads
     dataset = validate_dataset(Path(args.dataset), case_ids=args.case, threads=threads)
     out = ensure_output_dir(args.out, "preprocessed folder", create=False)
-    run = preprocess_dataset(dataset, settings.preprocess, settings.plan, out, case_ids=args.case, threads=threads)
+    fits = None
+    if settings.plan.gpu_memory_gb is not None:  # the patch that fits: the memory model needs torch
+        from scnas.models.memory import budget_for
+
+        fits = budget_for(settings, dataset.num_channels, len(dataset.labels))
+    run = preprocess_dataset(
+        dataset, settings.preprocess, settings.plan, out, case_ids=args.case, threads=threads, fits=fits
+    )
     log.info(
         "preprocessed %d cases into %s, kept %d already done (spacing %s, patch %s, plans %s)",
         len(run.written),

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import scnas.nas.search_network as search_network
 from scnas.nas import CELL_TYPES, MACRO, OPERATIONS, OPS, SearchNetwork, cell_edges, sample_edges
 from scnas.nas.operations import AvgPool, FactorizedReduce
 from scnas.nas.search_network import MixedEdge
@@ -255,3 +256,65 @@ def test_genotype_is_argmax_of_alpha_zero_allowed():
             expected[3] = "zero"
         assert [op for _, _, op in geno.cells[t]] == expected
         assert [(i, j) for i, j, _ in geno.cells[t]] == list(cell_edges())
+
+
+def _pair(sampling, recompute_min, monkeypatch):
+    """Two search networks with the same weights and sampler, recomputing and not."""
+    monkeypatch.setattr(search_network, "RECOMPUTE_MIN_ELEMENTS", recompute_min)
+    torch.manual_seed(0)
+    kept = SearchNetwork(2, 3, 8, sampling=sampling, seed=4, recompute=False)
+    recomputing = SearchNetwork(2, 3, 8, sampling=sampling, seed=4)
+    recomputing.load_state_dict(kept.state_dict())
+    return kept, recomputing
+
+
+def _saved_bytes(net, x):
+    """Bytes of the distinct storages autograd keeps for the backward pass of one forward."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(x)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("sampling", ["two", "all", "one"])
+def test_recomputation_keeps_the_function_and_its_gradients(sampling, monkeypatch):
+    kept, recomputing = _pair(sampling, 0, monkeypatch)
+    x = torch.randn(2, 2, 16, 12, 10)
+    target = torch.randint(0, 3, (2, 16, 12, 10))
+    outputs = []
+    for net in (kept, recomputing):
+        logits = net(x)
+        nn.functional.cross_entropy(logits, target).backward()
+        outputs.append(logits.detach())
+    assert [s.active for s in kept.last_sample.values()] == [s.active for s in recomputing.last_sample.values()]
+    assert torch.equal(outputs[0], outputs[1])
+    grads = [{n: p.grad for n, p in net.named_parameters()} for net in (kept, recomputing)]
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        other = grads[1][name]
+        assert (grad is None) == (other is None), name
+        assert grad is None or torch.equal(grad, other), name
+
+
+def test_recomputation_keeps_a_third_for_the_backward_pass(monkeypatch):
+    kept, recomputing = _pair("two", 0, monkeypatch)
+    x = torch.randn(1, 2, 16, 16, 16)
+    assert _saved_bytes(recomputing, x) < 0.4 * _saved_bytes(kept, x)
+
+
+def test_small_regions_run_as_usual(monkeypatch):
+    kept, recomputing = _pair("two", search_network.RECOMPUTE_MIN_ELEMENTS, monkeypatch)
+    x = torch.randn(1, 2, 16, 16, 16)
+    assert _saved_bytes(recomputing, x) == _saved_bytes(kept, x)
+
+
+def test_recomputing_network_has_the_same_parameter_names():
+    kept = SearchNetwork(2, 3, 8, recompute=False)
+    recomputing = SearchNetwork(2, 3, 8)
+    assert list(kept.state_dict()) == list(recomputing.state_dict())
+    assert all(isinstance(cell.pre0, search_network.RecomputedPreprocess) for cell in recomputing.cells)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from benchmarks import search_step
 from benchmarks.timing import Options, Section, Timing
+from scnas.nas.search_network import RECOMPUTE_MIN_ELEMENTS
 
 FULL = {"patch": 64, "stem": 16, "batch": 1}
 QUICK = {"patch": 16, "stem": 8, "batch": 1}
@@ -45,8 +46,10 @@ def run(opts: Options) -> Section:
         {"what": "memory two / all (the paper: at most 0.4)", "ratio": ratio, "holds": ratio <= PAPER_MEMORY_RATIO}
     )
     section.notes.append(
-        "A step = weight forward/backward/Adam + alpha forward/backward/Adam, tau 1, one thread; each sampling in "
-        f"its own process (not interleaved), median of {opts.repeats} steps after {opts.warmup} warm-up; memory = "
-        "peak RSS minus the RSS before the first step."
+        "A step = weight forward/backward/Adam + alpha forward/backward/Adam with the search loop's Jaccard loss, "
+        f"tau 1, one thread; each sampling in its own process (not interleaved), median of {opts.repeats} steps "
+        f"after {opts.warmup} warm-up; memory = peak RSS minus the RSS before the first step. The search network "
+        "recomputes its cheap intermediates in the backward pass where a region's input holds at least "
+        f"{RECOMPUTE_MIN_ELEMENTS} elements (scnas.nas.search_network)."
     )
     return section

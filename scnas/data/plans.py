@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -203,25 +203,43 @@ def save_plans(folder: str | Path, plans: Plans, name: str = PLANS_FILE) -> Path
     return path
 
 
+class PatchFit(Protocol):
+    """fits(patch) -> whether a patch fits the memory budget (plan.gpu_memory_gb); `settings` (JSON-able)
+    is everything the answer depends on besides the patch. The CLI builds it (scnas.models.memory)."""
+
+    settings: Mapping[str, Any]
+
+    def __call__(self, patch: Sequence[int]) -> bool: ...
+
+
 def plans_provenance(
-    dataset: Dataset, preprocess: PreprocessConfig, plan: PlanConfig, case_ids: Sequence[str] | None = None
+    dataset: Dataset,
+    preprocess: PreprocessConfig,
+    plan: PlanConfig,
+    case_ids: Sequence[str] | None = None,
+    fits: PatchFit | None = None,
 ) -> Provenance:
     """What plans of `dataset` from these settings depend on: the preprocess settings (threads never
-    change results), the plan settings and the dataset's identity. Known before any image is read."""
+    change results), the plan settings, the memory budget's settings and the dataset's identity. Known
+    before any image is read."""
     settings = dataclass_to_dict(preprocess)
     settings.pop("threads", None)
-    return Provenance.of(
-        {
-            "preprocess": settings,
-            "plan": dataclass_to_dict(plan),
-            "dataset": {
-                "name": dataset.name,
-                "case_ids": list(case_ids) if case_ids is not None else list(dataset.case_ids),
-                "labels": {str(k): dataset.labels[k] for k in sorted(dataset.labels)},
-                "modalities": list(dataset.modalities),
-            },
-        }
-    )
+    plan_settings = dataclass_to_dict(plan)
+    if plan_settings.get("gpu_memory_gb") is None:  # absent: plans made before the key keep their fingerprints
+        plan_settings.pop("gpu_memory_gb", None)
+    record = {
+        "preprocess": settings,
+        "plan": plan_settings,
+        "dataset": {
+            "name": dataset.name,
+            "case_ids": list(case_ids) if case_ids is not None else list(dataset.case_ids),
+            "labels": {str(k): dataset.labels[k] for k in sorted(dataset.labels)},
+            "modalities": list(dataset.modalities),
+        },
+    }
+    if fits is not None:
+        record["memory"] = dict(fits.settings)
+    return Provenance.of(record)
 
 
 def make_plans(
@@ -230,8 +248,12 @@ def make_plans(
     plan: PlanConfig,
     case_ids: Sequence[str] | None = None,
     threads: int = 1,
+    fits: PatchFit | None = None,
 ) -> Plans:
-    """Plans of `dataset` from the fingerprint of the given (training) cases, all cases by default."""
+    """Plans of `dataset` from the fingerprint of the given (training) cases, all cases by default; with
+    plan.gpu_memory_gb set, `fits` (required then) decides the patch size (patch_for_budget)."""
+    if plan.gpu_memory_gb is not None and fits is None:
+        raise ScnasError("config key plan.gpu_memory_gb: set, but no memory model was given to fit the patch to it")
     ids = list(case_ids) if case_ids is not None else list(dataset.case_ids)
     if not ids:
         raise DatasetError(f"{dataset.root / 'dataset.json'}: no cases to make plans from")
@@ -262,6 +284,9 @@ def make_plans(
             )
         normalization.append(ct_statistics(samples, preprocess.ct_clip_percentiles))
 
+    patch = fit_patch_size(plan.patch_size, median_shape) if plan.fit_to_median_shape else list(plan.patch_size)
+    if fits is not None:
+        patch = patch_for_budget(patch, median_shape, fits)
     return Plans(
         dataset=dataset.name,
         modalities=tuple(dataset.modalities),
@@ -273,17 +298,53 @@ def make_plans(
         ct_clip_percentiles=tuple(float(p) for p in preprocess.ct_clip_percentiles),
         normalization=tuple(normalization),
         median_shape=median_shape,
-        patch_size=tuple(fit_patch_size(plan.patch_size, median_shape))
-        if plan.fit_to_median_shape
-        else tuple(int(p) for p in plan.patch_size),
+        patch_size=tuple(int(p) for p in patch),
         case_ids=tuple(ids),
-        provenance=plans_provenance(dataset, preprocess, plan, ids),
+        provenance=plans_provenance(dataset, preprocess, plan, ids, fits),
     )
 
 
 def fit_patch_size(patch_size: Sequence[int], median_shape: Sequence[float]) -> list[int]:
     """Each patch axis shrunk to the median shape rounded up to a multiple of 8, never above the configured size."""
     return [int(min(p, 8 * math.ceil(m / 8))) for p, m in zip(patch_size, median_shape)]
+
+
+SMALLEST_PATCH = 16
+"""The networks halve a patch three times and normalise each level over its voxels: 16 leaves 2."""
+
+
+def shrinking_patches(patch: Sequence[int], median_shape: Sequence[float]) -> list[tuple[int, int, int]]:
+    """nnU-Net's order of shrinking a patch to a memory target: `patch` first, then each next one takes the
+    axis largest against the median shape (the first such axis on ties) down to the next multiple of 8,
+    until every axis is SMALLEST_PATCH voxels."""
+    current = [int(p) for p in patch]
+    chain = [tuple(current)]
+    while any(p > SMALLEST_PATCH for p in current):
+        axis = max(
+            (i for i in range(3) if current[i] > SMALLEST_PATCH), key=lambda i: current[i] / max(median_shape[i], 1.0)
+        )
+        current[axis] = 8 * ((current[axis] - 1) // 8)
+        chain.append(tuple(current))
+    return chain
+
+
+def patch_for_budget(patch: Sequence[int], median_shape: Sequence[float], fits: PatchFit) -> tuple[int, int, int]:
+    """The first patch of shrinking_patches(patch, median_shape) that fits; memory grows with every axis,
+    so the chain is bisected (fits is called about log2 of its length times)."""
+    chain = shrinking_patches(patch, median_shape)
+    if not fits(chain[-1]):
+        raise ScnasError(
+            f"config key plan.gpu_memory_gb: not even a {'x'.join(map(str, chain[-1]))} patch fits "
+            f"{fits.settings.get('gpu_memory_gb', 'the budget')} GiB at these batch sizes"
+        )
+    lo, hi = 0, len(chain) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(chain[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return chain[lo]
 
 
 def _shape_and_intensities(

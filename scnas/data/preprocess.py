@@ -21,7 +21,15 @@ from typing import Sequence
 from scnas.config import PlanConfig, PreprocessConfig
 from scnas.data.dataset import Case, Dataset
 from scnas.data.nifti import load_case_arrays
-from scnas.data.plans import PLANS_FILE, Plans, load_plans, make_plans, plans_provenance, save_plans
+from scnas.data.plans import (
+    PLANS_FILE,
+    PatchFit,
+    Plans,
+    load_plans,
+    make_plans,
+    plans_provenance,
+    save_plans,
+)
 from scnas.data.pool import map_cases
 from scnas.data.store import FINGERPRINT_KEY, is_complete, output_names, sample_foreground, write_case
 from scnas.data.transforms import preprocess_arrays
@@ -65,14 +73,16 @@ def preprocess_dataset(
     case_ids: Sequence[str] | None = None,
     threads: int = 1,
     progress: bool = True,
+    fits: PatchFit | None = None,
 ) -> PreprocessRun:
-    """Plan `dataset` (all its cases) and preprocess the cases (all, or `case_ids`) into out_dir.
+    """Plan `dataset` (all its cases) and preprocess the cases (all, or `case_ids`) into out_dir; `fits`
+    decides the patch when plan.gpu_memory_gb is set (scnas.models.memory.budget_for builds it).
 
     Reuses what has the same fingerprint: a complete folder is left as it is, and `case_ids` are added
     to an existing folder only when its plans have the fingerprint these settings give (else refused).
     """
     out = Path(out_dir)
-    provenance = plans_provenance(dataset, preprocess, plan)
+    provenance = plans_provenance(dataset, preprocess, plan, fits=fits)
     staging = out.parent / f".{out.name}.partial-{provenance.fingerprint}"
     with sibling_lock(out, "scnas preprocess"):
         _recover(out)
@@ -96,7 +106,7 @@ def preprocess_dataset(
             log.info("%s: replacing its preprocessing (%s differ)", out, differ)
         plans = _staged_plans(staging, provenance.fingerprint)
         if plans is None:
-            plans = make_plans(dataset, preprocess, plan, threads=threads)
+            plans = make_plans(dataset, preprocess, plan, threads=threads, fits=fits)
         save_plans(staging, plans, STAGED_PLANS)
         run = _fill(dataset, plans, staging, plans.case_ids if case_ids is None else case_ids, threads, progress)
         save_plans(staging, plans)

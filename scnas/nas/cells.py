@@ -170,14 +170,16 @@ class Cell(nn.Module):
         make_edge: EdgeFactory,
         levels: Mapping[str, int],
         upsample_before_reduce: bool = True,
+        preprocess: type[Preprocess] = Preprocess,
     ) -> None:
-        """`levels` gives the output level of every tensor the macro-structure passes (output_levels)."""
+        """`levels` gives the output level of every tensor the macro-structure passes (output_levels);
+        `preprocess` is the class that brings the inputs to the node width (a subclass may recompute it)."""
         super().__init__()
         self.plan = plan
         self.num_nodes = num_nodes
         self.node_width = node_width(stem_channels, plan.level, num_nodes)
         self.pre0, self.pre1 = (
-            Preprocess(
+            preprocess(
                 level_channels(stem_channels, levels[src]),
                 self.node_width,
                 levels[src] - plan.input_level,
@@ -242,6 +244,7 @@ class CellNetwork(nn.Module):
         make_edge: EdgeFactory,
         macro: Sequence[CellPlan] | None = None,
         upsample_before_reduce: bool = True,
+        preprocess: type[Preprocess] = Preprocess,
     ) -> None:
         super().__init__()
         macro = tuple(MACRO if macro is None else macro)
@@ -265,7 +268,8 @@ class CellNetwork(nn.Module):
         levels = output_levels(macro)
         self.upsample_before_reduce = upsample_before_reduce
         self.cells = nn.ModuleList(
-            Cell(plan, stem_channels, num_nodes, make_edge, levels, upsample_before_reduce) for plan in macro
+            Cell(plan, stem_channels, num_nodes, make_edge, levels, upsample_before_reduce, preprocess)
+            for plan in macro
         )
         self.out = nn.Conv3d(stem_channels, num_classes, 1)
 
