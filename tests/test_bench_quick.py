@@ -52,7 +52,7 @@ def test_training_step_networks_are_flops_matched_and_train():
     section = training_step.run(QUICK)
     assert section.agrees, _failures(section)
     widths = {m["what"].split(": ", 1)[1]: m["width"] for m in section.measurements}
-    assert set(widths) == {"U-ResNet", "searched network", "PlainConvUNet"}
+    assert set(widths) == {"U-ResNet", "searched network", training_step.REDUCED, "PlainConvUNet"}
 
 
 def test_plain_conv_unet_is_laid_out_as_nnunet_plans_the_hippocampus():

@@ -326,28 +326,30 @@ def test_sigterm_while_waiting_stops_the_local_job(tmp_path):
         "kwargs": {"steps": 10_000, "sleep_s": 0.2, "checkpoint_dir": str(ckpt.parent)},
         "log_dir": str(tmp_path / "logs"),
     }
+    # a file, not a pipe: a stray process holding the pipe would hang communicate(), not the launcher
+    err_file = tmp_path / "stderr.txt"
     waiting = subprocess.Popen(
         [sys.executable, "-c", RUN_JOB, json.dumps(spec)],
         cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=err_file.open("w"),
         text=True,
     )
     try:
         deadline = time.monotonic() + 90
         while not ckpt.exists():  # both ranks run: rank 0 saved a step after an all_reduce
             if waiting.poll() is not None:
-                pytest.fail(f"run_job ended early: {waiting.communicate()}")
+                pytest.fail(f"run_job ended early: {err_file.read_text()}")
             assert time.monotonic() < deadline, "the local job did not start within 90 s"
             time.sleep(0.2)
         workers = descendants(waiting.pid)
         assert len(workers) >= 3  # the controller and two ranks
         waiting.send_signal(signal.SIGTERM)
-        _, err = waiting.communicate(timeout=90)
+        waiting.wait(timeout=90)
     finally:
         waiting.kill()
     assert waiting.returncode == 128 + signal.SIGTERM
-    assert "SIGTERM received: stopped local job" in err
+    assert "SIGTERM received: stopped local job" in err_file.read_text()
     assert [pid for pid in workers if alive(pid)] == []
 
 
