@@ -8,7 +8,9 @@ while waiting cancels the job first, so nothing keeps running unseen.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -113,11 +115,37 @@ def _run_local_on(job: Job, launcher: LauncherConfig, gpus: list[str]) -> Any:
 
 
 def _stop_local(sub: submitit.Job) -> None:
-    """SIGINT to the local job's controller, which stops its processes (SIGKILL after 1 s)."""
+    """SIGINT to the local job's controller, which stops its processes (SIGKILL after 1 s); whatever of
+    them still runs after that (a controller that missed the signal while starting) is killed."""
+    process = getattr(sub, "_process", None)
+    tree = _descendants(process.pid) | {process.pid} if process is not None else set()
     sub.cancel()
     deadline = time.monotonic() + 15
     while not sub.done() and time.monotonic() < deadline:
         time.sleep(0.1)
+    for pid in tree | (_descendants(process.pid) if process is not None else set()):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    if process is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes below `pid`, from /proc (empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
 
 
 def _run_slurm(job: Job, launcher: LauncherConfig) -> Any:
