@@ -18,7 +18,7 @@ import torch
 from scnas.config import Resources, task_settings
 from scnas.errors import ScnasError
 from scnas.launch import Job, devices, run_job
-from scnas.launch.executors import config_key
+from scnas.launch.executors import config_key, descendants
 from scnas.launch.job import limit_threads, rank_devices
 from scnas.launch.slurm import check_request, gres_gpus, parse_time_limit
 from scnas.train import distributed
@@ -291,22 +291,6 @@ job = Job(name=spec["name"], target=spec["target"], kwargs=spec["kwargs"], resou
           log_dir=Path(spec["log_dir"]))
 print(json.dumps(run_job(job, lc)))
 """
-
-
-def descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
 
 
 def alive(pid: int) -> bool:

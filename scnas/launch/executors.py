@@ -118,12 +118,12 @@ def _stop_local(sub: submitit.Job) -> None:
     """SIGINT to the local job's controller, which stops its processes (SIGKILL after 1 s); whatever of
     them still runs after that (a controller that missed the signal while starting) is killed."""
     process = getattr(sub, "_process", None)
-    tree = _descendants(process.pid) | {process.pid} if process is not None else set()
+    tree = descendants(process.pid) | {process.pid} if process is not None else set()
     sub.cancel()
     deadline = time.monotonic() + 15
     while not sub.done() and time.monotonic() < deadline:
         time.sleep(0.1)
-    for pid in tree | (_descendants(process.pid) if process is not None else set()):
+    for pid in tree | (descendants(process.pid) if process is not None else set()):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     if process is not None:
@@ -131,7 +131,7 @@ def _stop_local(sub: submitit.Job) -> None:
             process.wait(timeout=5)
 
 
-def _descendants(pid: int) -> set[int]:
+def descendants(pid: int) -> set[int]:
     """The processes below `pid`, from /proc (empty where there is none)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
