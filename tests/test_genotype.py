@@ -254,8 +254,8 @@ def test_genotype_network_any_input_channels_and_trains():
         logits = net(torch.randn(1, channels, 16, 16, 16))
         logits.mean().backward()
         assert all(p.grad is not None for p in net.stem.parameters())
-    with pytest.raises(ValueError, match="multiple of num_nodes"):
-        GenotypeNetwork(genotype, 1, 2, 6)
+    with pytest.raises(ValueError, match="at least num_nodes"):
+        GenotypeNetwork(genotype, 1, 2, 2)
 
 
 def test_genotype_constructed_in_code_is_validated():

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 import scnas.nas.search_network as search_network
 from scnas.nas import CELL_TYPES, MACRO, OPERATIONS, OPS, SearchNetwork, cell_edges, sample_edges
+from scnas.nas.cells import level_channels
 from scnas.nas.operations import AvgPool, FactorizedReduce
 from scnas.nas.search_network import MixedEdge
 
@@ -113,9 +114,19 @@ def test_parameters_split_into_alphas_and_weights():
     assert len(cell_edges()) == 14
 
 
-def test_stem_width_must_divide_into_nodes():
-    with pytest.raises(ValueError, match="multiple of num_nodes"):
-        SearchNetwork(1, 2, 10)
+def test_stem_width_sets_the_channels_of_every_level():
+    """A multiple of num_nodes doubles exactly per level (the paper's); another width rounds each level to
+    the nearest multiple of num_nodes, which moves the FLOPs in finer steps."""
+    assert [level_channels(16, k) for k in range(4)] == [16, 32, 64, 128]
+    assert [level_channels(14, k) for k in range(4)] == [16, 28, 56, 112]
+    assert [level_channels(13, k) for k in range(4)] == [12, 28, 52, 104]
+    assert [level_channels(10, k, num_nodes=4) for k in range(4)] == [12, 20, 40, 80]
+    net = SearchNetwork(1, 2, 13)
+    assert net.stem[0].out_channels == net.out.in_channels == 12
+    assert [cell.node_width for cell in net.cells] == [7, 7, 13, 13, 26, 26, 13, 13, 7, 7, 3, 3]
+    assert net(torch.randn(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
+    with pytest.raises(ValueError, match="at least num_nodes"):
+        SearchNetwork(1, 2, 3)
     with pytest.raises(ValueError, match="unknown sampling"):
         SearchNetwork(1, 2, 8, sampling="both")
 

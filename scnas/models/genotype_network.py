@@ -1,7 +1,8 @@
 """The network a genotype describes: the search network's macro-structure with one operation per edge.
 
-Zero edges have no module; a node whose incoming edges are all zero outputs zeros. Any stem width
-that is a multiple of the genotype's num_nodes and any input channel count (transfer adapts the stem).
+Zero edges have no module; a node whose incoming edges are all zero outputs zeros. Any stem width of
+at least the genotype's num_nodes (widths per level: scnas.nas.cells) and any input channel count
+(transfer adapts the stem).
 `macro` replaces the paper's macro-structure, as in the search network it was derived from.
 """
 

@@ -51,7 +51,7 @@ def model_spec(model: str, plans: Plans, train: TrainConfig, genotype: str | os.
 
         shape = input_shape(plans)
         target = count_gflops(build_model(baseline), shape)
-        stem, _ = match_width(lambda c: build_model({**spec, "stem_channels": c}), target, shape, lo=4, hi=256, step=4)
+        stem, _ = match_width(lambda c: build_model({**spec, "stem_channels": c}), target, shape, lo=4, hi=256)
     return {**spec, "stem_channels": int(stem)}
 
 

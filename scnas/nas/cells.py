@@ -10,8 +10,10 @@ the resolution, trilinear upsampling (to the exact target size, so odd sizes wor
 inputs have stride 2.
 
 Levels: level 0 is the input size n, level k has ceil(n_(k-1) / 2) voxels per axis. With S the stem
-width and N = num_nodes, every tensor passed between cells at level k has S * 2^k channels, and the
-cells producing it have node width c_k = S * 2^k / N (S must be a multiple of N).
+width and N = num_nodes, every tensor passed between cells at level k has W_k = S * 2^k channels, and
+the cells producing it have node width c_k = W_k / N. When S is not a multiple of N, each W_k is
+S * 2^k rounded to the nearest multiple of N (S = 14: 16, 28, 56, 112): the paper's widths are the
+multiples, and the others let a network's FLOPs be matched to another's in finer steps than 4 channels.
 
     cell   type            level in -> out   s0      s1 (+ skip summed in first)   node width
     stem   3x3x3 Conv-IN   0                 image                                 (S channels)
@@ -180,7 +182,7 @@ class Cell(nn.Module):
         self.node_width = node_width(stem_channels, plan.level, num_nodes)
         self.pre0, self.pre1 = (
             preprocess(
-                level_channels(stem_channels, levels[src]),
+                level_channels(stem_channels, levels[src], num_nodes),
                 self.node_width,
                 levels[src] - plan.input_level,
                 upsample_before_reduce,
@@ -222,13 +224,14 @@ def edge_key(i: int, j: int) -> str:
     return f"{i}->{j}"
 
 
-def level_channels(stem_channels: int, level: int) -> int:
-    """Channels of every tensor passed between cells at `level`."""
-    return stem_channels * 2**level
+def level_channels(stem_channels: int, level: int, num_nodes: int = NUM_NODES) -> int:
+    """Channels of every tensor passed between cells at `level`: stem_channels * 2^level rounded (half up)
+    to the nearest multiple of num_nodes, so exactly that product when stem_channels is a multiple."""
+    return num_nodes * ((stem_channels * 2 ** (level + 1) + num_nodes) // (2 * num_nodes))
 
 
 def node_width(stem_channels: int, level: int, num_nodes: int = NUM_NODES) -> int:
-    return level_channels(stem_channels, level) // num_nodes
+    return level_channels(stem_channels, level, num_nodes) // num_nodes
 
 
 class CellNetwork(nn.Module):
@@ -251,18 +254,16 @@ class CellNetwork(nn.Module):
         check_macro(macro)
         if min(in_channels, num_classes, num_nodes) < 1:
             raise ValueError("in_channels, num_classes and num_nodes must be positive")
-        if stem_channels < num_nodes or stem_channels % num_nodes:
-            raise ValueError(
-                f"stem_channels ({stem_channels}) must be a positive multiple of num_nodes ({num_nodes}): "
-                "the full-resolution cell output (num_nodes nodes wide) is summed with the stem output"
-            )
+        if stem_channels < num_nodes:
+            raise ValueError(f"stem_channels ({stem_channels}) must be at least num_nodes ({num_nodes})")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.stem_channels = stem_channels
         self.num_nodes = num_nodes
+        width = level_channels(stem_channels, 0, num_nodes)
         self.stem = nn.Sequential(
-            nn.Conv3d(in_channels, stem_channels, 3, padding=1, bias=False),
-            nn.InstanceNorm3d(stem_channels, affine=True),
+            nn.Conv3d(in_channels, width, 3, padding=1, bias=False),
+            nn.InstanceNorm3d(width, affine=True),
         )
         self.macro = macro
         levels = output_levels(macro)
@@ -271,7 +272,7 @@ class CellNetwork(nn.Module):
             Cell(plan, stem_channels, num_nodes, make_edge, levels, upsample_before_reduce, preprocess)
             for plan in macro
         )
-        self.out = nn.Conv3d(stem_channels, num_classes, 1)
+        self.out = nn.Conv3d(width, num_classes, 1)
 
     def run_cells(self, x: torch.Tensor, samples: Mapping[str, object] | None = None) -> torch.Tensor:
         """Forward pass; `samples` maps a cell type to the EdgeSample all its cells share."""
