@@ -47,8 +47,8 @@ report: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
-	$(BIN)/ruff check scnas tests benchmarks
-	$(BIN)/ruff format --check scnas tests benchmarks
+	$(BIN)/ruff check scnas tests benchmarks workflow/scripts
+	$(BIN)/ruff format --check scnas tests benchmarks workflow/scripts
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint
 
 # Every benchmark against its peer (nnU-Net v2, batchgeneratorsv2, MONAI, SimpleITK), agreement checked

@@ -15,6 +15,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/reference.smk"
 include: "workflow/rules/test_set.smk"
 include: "workflow/rules/report.smk"
 

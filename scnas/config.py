@@ -45,6 +45,7 @@ class TaskConfig:
     splits_file: str | None = None
     models: tuple[str, ...] | None = None
     overrides: dict = field(default_factory=dict)
+    nnunet_folds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -435,6 +436,13 @@ def _check_semantics(cfg: dict) -> None:
         if bad:
             raise ConfigError(f"config key folds: fold {bad[0]} does not exist with num_folds={cfg['num_folds']}")
     for name, task in (cfg.get("tasks") or {}).items():
+        folds = (task.get("nnunet_folds") or []) if isinstance(task, Mapping) else []
+        reference = [k for k in folds if k >= cfg.get("num_folds", 5)]
+        if reference:
+            raise ConfigError(
+                f"config key tasks.{name}.nnunet_folds: fold {reference[0]} does not exist with "
+                f"num_folds={cfg.get('num_folds', 5)}"
+            )
         synthetic = task.get("synthetic") if isinstance(task, Mapping) else None
         if synthetic and "num_folds" in cfg and synthetic.get("cases", 10) < cfg["num_folds"]:
             raise ConfigError(
@@ -564,6 +572,7 @@ def from_dict(data: Mapping) -> Config:
             splits_file=t.get("splits_file"),
             models=tuple(t["models"]) if "models" in t else None,
             overrides=t.get("overrides", {}),
+            nnunet_folds=tuple(t.get("nnunet_folds", ())),
         )
         for name, t in validated["tasks"].items()
     }

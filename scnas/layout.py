@@ -8,8 +8,8 @@
     RESULTS/{task}/{model}/fold_{k}/             checkpoint_final.pt, predictions/, metrics.csv, summary.json
     RESULTS/{task}/{model}/test_predictions/     the folds' ensemble on the task's test images
     RESULTS/{task}/random_{j}/genotype.json      draw j of the random-genotype control (model folder random_j)
-    RESULTS/{task}/cv_table.{csv,md,tex}
-    RESULTS/cv_table.{csv,md,tex}
+    RESULTS/{task}/cv_table.{csv,md,tex}, cv_table_hd95.{csv,md,tex}, cv_table_cost.{csv,md}
+    RESULTS/cv_table.{csv,md,tex} (and _hd95, _cost as per task)
     RESULTS/{task}/logs/                         one log per rule and job
 
 Every method takes plain strings too, so `Layout(RES).fold("{task}", "{model}", "{fold}")` is a
@@ -39,6 +39,9 @@ TEST_PREDICTIONS = "test_predictions"
 def fold_name(fold: int | str) -> str:
     return f"{FOLD_PREFIX}{fold}"
 
+
+NNUNET = "nnunet"
+"""The model folder of the nnU-Net v2 reference runs."""
 
 RANDOM_RUN = re.compile(r"^random_(\d+)$")
 
@@ -111,6 +114,14 @@ class Layout:
 
     def summary(self, task: str, model: str, fold: int | str) -> str:
         return self._p(task, model, fold_name(fold), SUMMARY)
+
+    def nnunet_work(self, task: str) -> str:
+        """nnU-Net's raw, preprocessed and results folders for the reference runs (model folder nnunet)."""
+        return self._p(task, NNUNET, "work")
+
+    def nnunet_prepared(self, task: str) -> str:
+        """Written once nnU-Net has planned and preprocessed the task with the study's splits."""
+        return self._p(task, NNUNET, "work", "prepared.json")
 
     def cv_table(self, task: str | None = None) -> str:
         """The tables' prefix (add .csv, .md, .tex): one task's, or the whole study's."""

@@ -90,9 +90,9 @@ def test_any_stem_width_matches_a_small_uresnet_within_10_percent():
     worst_step_4 = 0.0
     for draw in range(6):
         genotype = random_genotype(0, draw)
-        width, gflops = match_width(lambda w: GenotypeNetwork(genotype, 1, 3, w), target, shape, lo=4, hi=64)
+        width, gflops = match_width(lambda w, g=genotype: GenotypeNetwork(g, 1, 3, w), target, shape, lo=4, hi=64)
         assert abs(gflops - target) / target < 0.10, (draw, width, gflops, target)
-        coarse = match_width(lambda w: GenotypeNetwork(genotype, 1, 3, w), target, shape, lo=4, hi=64, step=4)[1]
+        coarse = match_width(lambda w, g=genotype: GenotypeNetwork(g, 1, 3, w), target, shape, lo=4, hi=64, step=4)[1]
         worst_step_4 = max(worst_step_4, abs(coarse - target) / target)
     assert worst_step_4 > 0.10
 

@@ -10,6 +10,8 @@ from typing import Sequence
 import pandas as pd
 
 from scnas.errors import ScnasError
+from scnas.evaluation.compare import comparison_notes
+from scnas.evaluation.costs import cost_table, write_cost_table
 from scnas.evaluation.metrics import incomplete_reason
 from scnas.evaluation.tables import DEFAULT_MODEL_NAMES, cv_table, pool_draws, write_tables
 from scnas.io import read_json
@@ -144,24 +146,40 @@ def search_notes(found: Found) -> list[str]:
     return notes
 
 
+HD95_SUFFIX = "_hd95"
+COST_SUFFIX = "_cost"
+TABLE_FILES = (
+    *(f"{table}{ext}" for table in ("", HD95_SUFFIX) for ext in (".csv", ".md", ".tex")),
+    f"{COST_SUFFIX}.csv",
+    f"{COST_SUFFIX}.md",
+)
+"""What `write_study_tables` writes, as suffixes of its prefix."""
+
+
 def write_study_tables(found: Found, out_prefix: Path) -> list[Path]:
-    """The cross-validation table of everything in `found` as out_prefix.csv, .md and .tex; the random
-    draws (random_0, random_1, ...) pooled into one "Random genotype" row."""
+    """The cross-validation tables of everything in `found`: Dice as out_prefix.csv, .md and .tex (with the
+    paired comparisons in its notes), HD95 as out_prefix_hd95.*, and the models' costs as out_prefix_cost.csv
+    and .md; the random draws (random_0, random_1, ...) pooled into one "Random genotype" row."""
     order = list(DEFAULT_MODEL_NAMES)
     runs = sorted(
         {r for _, r in found},
         key=lambda r: (order.index(model_of(r)) if model_of(r) in order else len(order), r),
     )
     labels = {task: _label_names(paths) for (task, _), paths in found.items()}
-    table = cv_table(found, labels, {r: DEFAULT_MODEL_NAMES.get(r, r) for r in runs})
     draws = [r for r in runs if model_of(r) == "random"]
-    notes = flops_notes(found) + search_notes(found)
+    common = flops_notes(found) + search_notes(found)
     if draws:
-        name = DEFAULT_MODEL_NAMES["random"]
-        table = pool_draws(table, draws, name)
-        notes.append(
-            f"{name}: the mean over {len(draws)} random genotypes of each one's cross-validation mean; "
-            "± is the standard deviation across the draws."
+        common.append(
+            f"{DEFAULT_MODEL_NAMES['random']}: the mean over {len(draws)} random genotypes of each one's "
+            "cross-validation mean; ± is the standard deviation across the draws."
         )
-    write_tables(table, out_prefix, notes)
-    return [out_prefix.with_name(out_prefix.name + s) for s in (".csv", ".md", ".tex")]
+    for metric, prefix, notes in (
+        ("dice", out_prefix, common + comparison_notes(found)),
+        ("hd95", out_prefix.with_name(out_prefix.name + HD95_SUFFIX), common),
+    ):
+        table = cv_table(found, labels, {r: DEFAULT_MODEL_NAMES.get(r, r) for r in runs}, metric=metric)
+        if draws:
+            table = pool_draws(table, draws, DEFAULT_MODEL_NAMES["random"])
+        write_tables(table, prefix, notes)
+    write_cost_table(cost_table(found, runs), out_prefix.with_name(out_prefix.name + COST_SUFFIX))
+    return [out_prefix.with_name(out_prefix.name + suffix) for suffix in TABLE_FILES]

@@ -23,6 +23,7 @@ DEFAULT_MODEL_NAMES = {
     "scnas": "SCNAS",
     "random": "Random genotype",
     "scnas_transfer": "SCNAS (transfer)",
+    "nnunet": "nnU-Net v2 (reference)",
 }
 AVERAGE = "Average"
 STATS = ("mean", "std", "n_cases", "n_folds")
@@ -208,7 +209,9 @@ def _format_cell(cell: dict, metric: str, plus_minus: str) -> str:
 
 
 def _method_note(metric: str) -> str:
-    what = "Dice (%)" if metric == "dice" else metric
+    what = {"dice": "Dice (%)", "hd95": "HD95 (mm; a label in one of prediction and reference only is left out)"}.get(
+        metric, metric
+    )
     return (
         f"{what}: mean ± standard deviation over the validation cases of all folds; Average = mean of the "
         f"per-label means, ± the standard deviation over cases of each case's mean over labels."

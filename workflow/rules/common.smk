@@ -6,7 +6,7 @@ from pathlib import Path
 
 from scnas.config import from_dict
 from scnas.errors import ConfigError
-from scnas.layout import Layout, model_of
+from scnas.layout import NNUNET, Layout, model_of
 
 try:
     CFG = from_dict(config)
@@ -59,7 +59,7 @@ def _alternatives(names):
 
 wildcard_constraints:
     task=_alternatives(KNOWN_TASKS),
-    model=r"uresnet|scnas|scnas_transfer|random_\d+",
+    model=r"uresnet|scnas|scnas_transfer|random_\d+|nnunet",
     draw=r"\d+",
     fold=r"\d+",
 
@@ -101,7 +101,9 @@ def genotype_for(wildcards):
 
 
 def fold_metrics(task):
-    return [L.metrics(task, run, fold) for run in CFG.runs_for(task) for fold in CFG.folds]
+    """Every fold's metrics of the task's models, and of the nnU-Net reference where it runs."""
+    reference = [L.metrics(task, NNUNET, fold) for fold in CFG.task(task).nnunet_folds]
+    return [L.metrics(task, run, fold) for run in CFG.runs_for(task) for fold in CFG.folds] + reference
 
 
 def study_targets():

@@ -1,3 +1,6 @@
+from scnas.evaluation.study import TABLE_FILES
+
+
 rule predict:
     input:
         checkpoint=L.checkpoint("{task}", "{model}", "{fold}"),
@@ -48,7 +51,7 @@ rule cv_table_task:
     input:
         lambda wc: fold_metrics(wc.task),
     output:
-        multiext(L.cv_table("{task}"), ".csv", ".md", ".tex"),
+        multiext(L.cv_table("{task}"), *TABLE_FILES),
     params:
         prefix=lambda wc, output: output[0][: -len(".csv")],
     log:
@@ -63,7 +66,7 @@ rule cv_table:
     input:
         [fold_metrics(task) for task in TASKS],
     output:
-        multiext(L.cv_table(), ".csv", ".md", ".tex"),
+        multiext(L.cv_table(), *TABLE_FILES),
     params:
         prefix=lambda wc, output: output[0][: -len(".csv")],
     log:
