@@ -387,6 +387,13 @@ def _run_heavy(args: argparse.Namespace, settings, rule: str, target: str, kwarg
         log.info("%s finished: %s", rule, json.dumps(result, default=str))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from scnas.report.export import export_study
+
+    written = export_study(Path(args.results), Path(args.out), [Path(c) for c in args.configs], note=args.note)
+    log.info("exported %d files from %s to %s", len(written), args.results, args.out)
+
+
 def cmd_convert(args: argparse.Namespace) -> None:
     from scnas.data.convert import convert_dataset
     from scnas.io import ensure_output_dir
@@ -820,6 +827,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="write PREFIX.csv, .md and .tex (default: RESULTS/cv_table, RESULTS the folder of the metrics)",
     )
     p.add_argument("--print", action="store_true", help="also print the Markdown table")
+    _common(p, config=False)
+
+    p = _command(
+        sub,
+        "export",
+        "copy a study's small outputs (tables, genotypes, logs, metrics, figures; no checkpoints) to a folder",
+        "scnas export --results results-study --out studies/hippocampus --configs config/hippocampus-study.yaml",
+        cmd_export,
+    )
+    p.add_argument("--results", required=True, help="the study's results folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to copy into, in the results layout")
+    p.add_argument(
+        "--configs", nargs="*", default=[], metavar="YAML", help="config files to keep with them (default: none)"
+    )
+    p.add_argument("--note", default="", help="a line kept in DIR/STUDY.json, e.g. what this part ran (default: none)")
     _common(p, config=False)
 
     p = _command(

@@ -86,5 +86,14 @@ def test_study_tables_hold_the_comparisons_hd95_and_costs(tmp_path):
     assert cost.loc["SCNAS", "gflops"] == pytest.approx(1.0)
     assert cost.loc["SCNAS", "train_min_per_fold"] == pytest.approx(2.0)
     assert cost.loc["SCNAS", "train_epochs"] == 2
+    assert cost.loc["SCNAS", "loss_change_last_quarter"] == pytest.approx((0.8 - 0.9) / 0.9)
     assert pd.isna(cost.loc["3D U-ResNet", "gflops"])
     assert comparison_notes(find_metrics(tmp_path, models=["uresnet"])) == []
+
+
+def test_loss_change_compares_the_last_two_quarters_of_the_epochs():
+    from scnas.evaluation.costs import loss_change
+
+    assert loss_change([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.45]) == pytest.approx((0.45 - 0.55) / 0.55)
+    assert loss_change([0.3] * 12) == 0.0
+    assert pd.isna(loss_change([0.5]))

@@ -31,6 +31,7 @@ COLUMNS = [
     "params_m",
     "train_epochs",
     "train_min_per_fold",
+    "loss_change_last_quarter",
     "search_steps_per_fold",
     "search_min_per_fold",
 ]
@@ -47,17 +48,29 @@ def parameter_count(spec: Mapping) -> int:
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 
-def _seconds(path: Path) -> tuple[float, int]:
+def _read_log(path: Path) -> pd.DataFrame:
     try:
         log = pd.read_csv(path)
-        return float(pd.to_numeric(log["seconds"]).sum()), int(len(log))
+        log["seconds"] = pd.to_numeric(log["seconds"])
+        return log
     except (OSError, KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise ScnasError(f"{path}: not a readable epoch log ({type(e).__name__}: {e})") from None
 
 
+def loss_change(losses: Sequence[float]) -> float:
+    """Relative change of the mean training loss from the second-last to the last quarter of the epochs: near 0
+    when the curve has flattened, clearly negative while it still falls (NaN with fewer than 2 epochs)."""
+    values = np.asarray(losses, dtype=float)
+    q = len(values) // 4 or 1
+    if len(values) < 2 * q or len(values) < 2:
+        return np.nan
+    before, last = values[-2 * q : -q].mean(), values[-q:].mean()
+    return float((last - before) / abs(before)) if before else np.nan
+
+
 def run_costs(task: str, run: str, metrics: Sequence[Path]) -> dict:
     """One row of the cost table: a model (one run folder) over its folds."""
-    widths, gflops, params, train_s, epochs, search_s, steps = set(), [], [], [], [], [], []
+    widths, gflops, params, train_s, epochs, search_s, steps, changes = set(), [], [], [], [], [], [], []
     for path in metrics:
         fold_dir = Path(path).parent
         info_path = fold_dir / MODEL_INFO
@@ -69,14 +82,16 @@ def run_costs(task: str, run: str, metrics: Sequence[Path]) -> dict:
                 gflops.append(float(info["gflops"]))
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise ScnasError(f"{info_path}: not a readable model.json ({type(e).__name__}: {e})") from None
-            params.append(parameter_count(spec))
+            params.append(int(info["parameters"]) if "parameters" in info else parameter_count(spec))
         if (fold_dir / TRAINING_LOG).is_file():
-            seconds, n = _seconds(fold_dir / TRAINING_LOG)
-            train_s.append(seconds)
-            epochs.append(n)
+            log = _read_log(fold_dir / TRAINING_LOG)
+            train_s.append(float(log["seconds"].sum()))
+            epochs.append(len(log))
+            if "train_loss" in log:
+                changes.append(loss_change(pd.to_numeric(log["train_loss"], errors="coerce")))
         search_dir = fold_dir.parent.parent / SEARCH / fold_dir.name
         if run == "scnas" and (search_dir / SEARCH_LOG).is_file():
-            search_s.append(_seconds(search_dir / SEARCH_LOG)[0])
+            search_s.append(float(_read_log(search_dir / SEARCH_LOG)["seconds"].sum()))
             if (search_dir / SEARCH_SUMMARY).is_file():
                 steps.append(int(read_json(search_dir / SEARCH_SUMMARY)["weight_steps"]))
     mean = lambda values: float(np.mean(values)) if values else np.nan  # noqa: E731
@@ -89,6 +104,7 @@ def run_costs(task: str, run: str, metrics: Sequence[Path]) -> dict:
         "params_m": mean(params) / 1e6 if params else np.nan,
         "train_epochs": mean(epochs),
         "train_min_per_fold": mean(train_s) / 60 if train_s else np.nan,
+        "loss_change_last_quarter": mean(changes),
         "search_steps_per_fold": mean(steps),
         "search_min_per_fold": mean(search_s) / 60 if search_s else np.nan,
     }
@@ -114,6 +130,7 @@ def write_cost_table(table: pd.DataFrame, out_prefix: Path) -> list[Path]:
         "Parameters (M)",
         "Training epochs",
         "Training min / fold",
+        "Loss change, last quarter (%)",
         "Search steps / fold",
         "Search min / fold",
     ]
@@ -128,13 +145,16 @@ def write_cost_table(table: pd.DataFrame, out_prefix: Path) -> list[Path]:
             _num(row.params_m, 3),
             _num(row.train_epochs, 0),
             _num(row.train_min_per_fold, 1),
+            _num(100 * row.loss_change_last_quarter, 1),
             _num(row.search_steps_per_fold, 0),
             _num(row.search_min_per_fold, 1),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     note = (
         "GFLOPs of one forward pass at the training patch; times are wall-clock per fold as the runs ran "
-        "(mean over folds); a search step is one weight and one alpha update."
+        "(mean over folds); loss change: of the mean training loss from the second-last to the last quarter "
+        "of the epochs, mean over folds (near 0: flattened; nnU-Net's loss is its own, Dice + cross-entropy); "
+        "a search step is one weight and one alpha update."
     )
     write_text(md, "\n".join(lines) + "\n\n" + note + "\n")
     return [csv, md]

@@ -171,6 +171,7 @@ def train(work: Path, fold: int, epochs: int, iterations: int, seed: int, out: P
             raise NnunetError(f"{source}: nnU-Net wrote no prediction for case {case}")
         shutil.copyfile(source, out / f"{case}.nii.gz")
         names[case] = f"{case}.nii.gz"
+    write_run_records(trainer, prepared, out.parent)
     nnunet_summary = validation / "summary.json"
     mean_dice = json.loads(nnunet_summary.read_text())["foreground_mean"]["Dice"] if nnunet_summary.is_file() else None
     provenance = Provenance.of(
@@ -193,6 +194,41 @@ def train(work: Path, fold: int, epochs: int, iterations: int, seed: int, out: P
     }
     write_json(out / "predictions.json", record)
     return record
+
+
+def write_run_records(trainer, prepared: dict, fold_dir: Path) -> None:
+    """training_log.csv (epoch, nnU-Net's training loss, lr, seconds) and model.json (network size), as the
+    study's own trainings write them, for the curves and the cost table."""
+    import numpy as np
+
+    from scnas.io import write_json, write_text
+    from scnas.models.flops import count_gflops
+
+    log = trainer.logger.get_checkpoint()
+    rows = ["epoch,train_loss,lr,seconds"]
+    for epoch, (loss, lr, start, end) in enumerate(
+        zip(log["train_losses"], log["lrs"], log["epoch_start_timestamps"], log["epoch_end_timestamps"]), start=1
+    ):
+        rows.append(f"{epoch},{float(loss):.6f},{float(lr):.6g},{end - start:.2f}")
+    write_text(fold_dir / "training_log.csv", "\n".join(rows) + "\n")
+    network = trainer.network
+    channels = len(trainer.dataset_json["channel_names"])
+    features = trainer.configuration_manager.network_arch_init_kwargs.get("features_per_stage") or [None]
+    write_json(
+        fold_dir / "model.json",
+        {
+            "model": "nnunet",
+            "spec": {
+                "arch": "nnunet",
+                "network": trainer.configuration_manager.network_arch_class_name,
+                "base_channels": features[0],
+                "features_per_stage": list(features),
+            },
+            "gflops": count_gflops(network, (channels, *prepared["patch_size"])),
+            "parameters": int(sum(np.prod(p.shape) for p in network.parameters())),
+            "patch_size": list(prepared["patch_size"]),
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

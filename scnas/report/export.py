@@ -1,0 +1,144 @@
+"""Copy a study's small outputs into a folder a repository can hold (`scnas export`), in the results layout.
+
+Kept: tables, genotypes, search logs and summaries, per-fold metrics, summaries, model.json and training
+logs, the plans, splits and dataset check, figures, rule logs, the nnU-Net reference's records and
+progress plot, and the config files given; left out: checkpoints, predictions, preprocessed cases and
+nnU-Net's data folders. Beside them: STUDY.json (the commit and settings that made the results, when and
+where) and, per task, searches.md (how each fold's search ended and how far the folds agree).
+"""
+
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Sequence
+
+from scnas.errors import ScnasError, describe_os_error
+from scnas.io import read_json, write_json, write_text
+from scnas.layout import NNUNET, SEARCH
+
+KEEP = (
+    "cv_table*",
+    "*/check.json",
+    "*/splits_final.json",
+    "*/preprocessed/plans.json",
+    f"*/{SEARCH}/fold_*/*.json",
+    f"*/{SEARCH}/fold_*/*.csv",
+    "*/*/genotype.json",
+    "*/*/fold_*/metrics.csv",
+    "*/*/fold_*/summary.json",
+    "*/*/fold_*/model.json",
+    "*/*/fold_*/training_log.csv",
+    "*/*/fold_*/predictions/predictions.json",
+    "*/report/*.png",
+    "*/report/*/*.png",
+    "*/report/*/*/*.png",
+    "*/logs/*.log",
+    "*/cv_table*",
+    f"*/{NNUNET}/work/prepared.json",
+    f"*/{NNUNET}/work/nnUNet_results/*/*/fold_*/progress.png",
+    f"*/{NNUNET}/work/nnUNet_results/*/*/fold_*/training_log_*.txt",
+)
+"""Glob patterns, relative to the results folder, of what is exported."""
+
+
+def _matches(rel: str, pattern: str) -> bool:
+    """fnmatch whose * does not cross folders."""
+    parts, pats = rel.split("/"), pattern.split("/")
+    return len(parts) == len(pats) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, pats))
+
+
+def files_to_export(results: Path) -> list[Path]:
+    """The files of `results` matching KEEP (each * within one folder), relative to it, sorted."""
+    out = []
+    for path in results.rglob("*"):
+        if not path.is_file() or path.is_symlink():
+            continue
+        rel = path.relative_to(results).as_posix()
+        if any(_matches(rel, pattern) for pattern in KEEP):
+            out.append(Path(rel))
+    return sorted(out)
+
+
+def git_state(repo: Path) -> dict:
+    """The commit checked out in `repo` and whether tracked files differ from it (None outside git)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "modified": None}
+    return {"commit": commit.stdout.strip(), "modified": bool(status.stdout.strip())}
+
+
+SOURCE = Path(__file__).resolve().parents[2]
+"""The checkout this package runs from (an editable install's repository)."""
+
+
+def export_study(results: Path, out: Path, configs: Sequence[Path], repo: Path = SOURCE, note: str = "") -> list[Path]:
+    """Copy the small outputs of `results` into `out` (replacing what an earlier export wrote there), with
+    the config files under out/config/, STUDY.json and each task's searches.md; returns what was written."""
+    from scnas.evaluation.searches import search_report
+
+    results, out = Path(results), Path(out)
+    if not results.is_dir():
+        raise ScnasError(f"{results}: results folder not found")
+    for config in configs:
+        if not Path(config).is_file():
+            raise ScnasError(f"{config}: config file not found")
+    files = files_to_export(results)
+    if not files:
+        raise ScnasError(f"{results}: nothing to export (no tables, metrics or logs found)")
+    written = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for rel in files:
+            target = out / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(results / rel, target)
+            written.append(target)
+        for config in configs:
+            target = out / "config" / Path(config).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(config, target)
+            written.append(target)
+    except OSError as e:
+        raise ScnasError(describe_os_error(e)) from None
+    tasks = sorted({rel.parts[0] for rel in files if len(rel.parts) > 1 and (results / rel.parts[0]).is_dir()})
+    for task in tasks:
+        report = search_report(results / task)
+        if report:
+            write_text(out / task / "searches.md", report)
+            written.append(out / task / "searches.md")
+    import torch
+
+    record = {
+        "exported": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "results": str(results),
+        "code": git_state(repo),
+        "configs": [Path(c).name for c in configs],
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "note": note,
+        "files": len(written),
+    }
+    previous = out / "STUDY.json"
+    if previous.is_file():
+        history = read_json(previous).get("earlier_exports", [])
+        old = read_json(previous)
+        record["earlier_exports"] = history + [{k: old.get(k) for k in ("exported", "code", "note")}]
+    write_json(previous, record)
+    return [*written, previous]
