@@ -64,5 +64,22 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 bench: $(BENCH_STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
+# `make study DATA=DIR`: the real-data study of config/hippocampus-study.yaml (DIR holds Task04_Hippocampus/),
+# with the nnU-Net v2 reference (the `study` extra), resumable; then its small outputs are copied into
+# studies/hippocampus/. TARGETS="PATH ..." runs part of it, e.g. one fold's metrics.csv files.
+STUDY_CONFIG := config/hippocampus-study.yaml
+STUDY_OUT := studies/hippocampus
+STUDY_STAMP := $(VENV)/.study-installed
+.PHONY: study
+
+$(STUDY_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[study]'
+	touch $(STUDY_STAMP)
+
+study: $(STUDY_STAMP)
+	@test -n "$(DATA)" || { echo "make study: give DATA=DIR, the folder that holds Task04_Hippocampus/"; exit 1; }
+	$(SNAKEMAKE) --cores $(JOBS) --keep-going $(TARGETS) --configfiles $(STUDY_CONFIG) --config data_root=$(abspath $(DATA))
+	$(BIN)/scnas export --results results-study --out $(STUDY_OUT) --configs $(STUDY_CONFIG) --note "$(if $(TARGETS),$(TARGETS),whole study)"
+
 clean-demo:
 	rm -rf results/Demo*

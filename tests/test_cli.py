@@ -28,6 +28,7 @@ STAGES = [
     "convert",
     "plot",
     "status",
+    "export",
     "profiles",
 ]
 
