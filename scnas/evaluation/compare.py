@@ -1,8 +1,8 @@
 """Paired comparisons of two models on the same validation cases (Wilcoxon signed-rank, two-sided).
 
 The statistic is each case's mean Dice over the foreground labels (NaN labels left out), so a case
-counts once whatever its label count. Cases pair by id: in cross-validation every case is validated
-once per model. The random control's draws are averaged per case (cases that every draw has) before
+counts once whatever its label count. Cases pair by fold and id (in cross-validation each case is
+validated in one fold). The random control's draws are averaged per case (cases that every draw has) before
 pairing, so the control is one model, not three times the cases.
 """
 
@@ -53,23 +53,21 @@ class Comparison:
 
 
 def case_means(paths: Sequence[str | Path], metric: str = "dice") -> pd.Series:
-    """Per case id, the mean of `metric` over its foreground labels, from the folds' metrics.csv files."""
+    """Per (fold folder, case id), the mean of `metric` over the case's foreground labels, from the folds'
+    metrics.csv files (each in its fold_K folder)."""
     frames = []
     for path in paths:
         try:
             frame = pd.read_csv(path, usecols=["case", "label", metric])
         except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise ScnasError(f"{path}: not a readable metrics CSV ({str(e).splitlines()[0]})") from None
+        frame["fold"] = Path(path).parent.name
         frames.append(frame[frame["label"] != 0])
     values = pd.concat(frames, ignore_index=True)
     values["case"] = values["case"].astype(str)
     values[metric] = pd.to_numeric(values[metric], errors="coerce")
     values = values[np.isfinite(values[metric])]
-    duplicated = values.groupby(["case", "label"]).size()
-    if (duplicated > 1).any():
-        case = duplicated[duplicated > 1].index[0][0]
-        raise ScnasError(f"case {case}: validated more than once among {', '.join(map(str, paths))}")
-    return values.groupby("case")[metric].mean()
+    return values.groupby(["fold", "case"])[metric].mean()
 
 
 def pooled_case_means(draws: Sequence[pd.Series]) -> pd.Series:
