@@ -66,7 +66,7 @@ bench: $(BENCH_STAMP)
 
 # `make study DATA=DIR`: the real-data study of config/hippocampus-study.yaml (DIR holds Task04_Hippocampus/),
 # with the nnU-Net v2 reference (the `study` extra), resumable; then its small outputs are copied into
-# studies/hippocampus/. TARGETS="PATH ..." runs part of it, e.g. one fold's metrics.csv files.
+# studies/hippocampus/. FOLDS="[0]" runs (and tabulates) only those folds, a study in parts.
 STUDY_CONFIG := config/hippocampus-study.yaml
 STUDY_OUT := studies/hippocampus
 STUDY_STAMP := $(VENV)/.study-installed
@@ -78,8 +78,8 @@ $(STUDY_STAMP): $(STAMP) pyproject.toml
 
 study: $(STUDY_STAMP)
 	@test -n "$(DATA)" || { echo "make study: give DATA=DIR, the folder that holds Task04_Hippocampus/"; exit 1; }
-	$(SNAKEMAKE) --cores $(JOBS) --keep-going $(TARGETS) --configfiles $(STUDY_CONFIG) --config data_root=$(abspath $(DATA))
-	$(BIN)/scnas export --results results-study --out $(STUDY_OUT) --configs $(STUDY_CONFIG) --note "$(if $(TARGETS),$(TARGETS),whole study)"
+	$(SNAKEMAKE) --cores $(JOBS) --keep-going --configfiles $(STUDY_CONFIG) --config data_root=$(abspath $(DATA)) $(if $(FOLDS),folds="$(FOLDS)")
+	$(BIN)/scnas export --results results-study --out $(STUDY_OUT) --configs $(STUDY_CONFIG) --note "folds $(if $(FOLDS),$(FOLDS),all)"
 
 clean-demo:
 	rm -rf results/Demo*

@@ -360,6 +360,39 @@ def validate(data: Mapping, where: str = "") -> dict:
     return instance
 
 
+def coerce_strings(data: Any, schema: dict | None = None) -> Any:
+    """`data` with the strings that stand where the schema wants a number, integer or boolean read as one
+    ("3" -> 3, "1e-3" -> 0.001, "true" -> True): Snakemake's `--config key=[0, 1]` hands nested values over
+    as strings. Anything that does not read as the wanted type is left for validation to name."""
+    schema = _resolve(_schema() if schema is None else schema)
+    if isinstance(data, Mapping):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {k: coerce_strings(v, props.get(k, extra if isinstance(extra, dict) else {})) for k, v in data.items()}
+    if isinstance(data, list):
+        items = schema.get("items", {})
+        return [coerce_strings(v, items if isinstance(items, dict) else {}) for v in data]
+    if not isinstance(data, str):
+        return data
+    options = [schema, *schema.get("oneOf", []), *schema.get("anyOf", [])]
+    wanted = {t for o in options for t in ([o["type"]] if isinstance(o.get("type"), str) else o.get("type", []))}
+    named = {str(o["const"]) for o in options if "const" in o} | {str(e) for o in options for e in o.get("enum", [])}
+    if "string" in wanted or data in named:
+        return data
+    for kind, parse in (("integer", int), ("number", float), ("boolean", _boolean)):
+        if kind in wanted:
+            try:
+                return parse(data)
+            except ValueError:
+                continue
+    return data
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    raise ValueError(text)
+
+
 def _section_schema(section: str) -> dict:
     return _resolve(_schema()["properties"][section])
 

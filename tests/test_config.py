@@ -188,3 +188,26 @@ def test_settings_are_validated_once_per_process(monkeypatch):
     first = C.task_settings(data)
     assert C.task_settings(json.loads(json.dumps(data))) is first
     assert len(calls) == built + 1
+
+
+def test_snakemake_command_line_strings_are_read_as_the_schema_types():
+    """`snakemake --config folds=[0,1] train={lr: 1e-3}` hands nested values over as strings."""
+    from scnas.config import coerce_strings, from_dict
+
+    given = {
+        "folds": ["0", "2"],
+        "train": {"lr": "1e-3", "amp": "false", "scnas_stem_channels": "12", "max_epochs": "3"},
+        "search": {"tau": {"start": "4", "end": "0.5"}},
+        "tasks": {"T": {"dataset": "007", "nnunet_folds": ["1"]}},
+    }
+    coerced = coerce_strings(given)
+    assert coerced["folds"] == [0, 2]
+    assert coerced["train"] == {"lr": 0.001, "amp": False, "scnas_stem_channels": 12, "max_epochs": 3}
+    assert coerced["search"]["tau"] == {"start": 4.0, "end": 0.5}
+    assert coerced["tasks"]["T"] == {"dataset": "007", "nnunet_folds": [1]}
+    assert coerce_strings({"train": {"scnas_stem_channels": "match_flops", "lr": "fast"}})["train"] == {
+        "scnas_stem_channels": "match_flops",
+        "lr": "fast",
+    }
+    cfg = from_dict(coerce_strings({**given, "data_root": "/data"}))
+    assert cfg.folds == (0, 2) and cfg.settings("T").train.lr == 0.001

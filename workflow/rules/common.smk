@@ -4,12 +4,12 @@ import re
 import sys
 from pathlib import Path
 
-from scnas.config import from_dict
+from scnas.config import coerce_strings, from_dict
 from scnas.errors import ConfigError
 from scnas.layout import NNUNET, Layout, model_of
 
 try:
-    CFG = from_dict(config)
+    CFG = from_dict(coerce_strings(config))
 except ConfigError as error:
     sys.exit(f"scnas: error in the Snakemake config: {error}")
 RES = CFG.results
