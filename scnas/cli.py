@@ -805,7 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "table",
-        "write the cross-validation tables (CSV, Markdown, LaTeX) from the folds' metrics",
+        "write the cross-validation tables (Dice with paired tests, HD95, cost) from the folds' metrics",
         "scnas table --results results --print",
         cmd_table,
     )
@@ -824,7 +824,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         metavar="PREFIX",
-        help="write PREFIX.csv, .md and .tex (default: RESULTS/cv_table, RESULTS the folder of the metrics)",
+        help="write PREFIX.csv, .md, .tex (Dice), PREFIX_hd95.* and PREFIX_cost.csv, .md (default: "
+        "RESULTS/cv_table, RESULTS the folder of the metrics)",
     )
     p.add_argument("--print", action="store_true", help="also print the Markdown table")
     _common(p, config=False)
