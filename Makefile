@@ -79,7 +79,7 @@ $(STUDY_STAMP): $(STAMP) pyproject.toml
 study: $(STUDY_STAMP)
 	@test -n "$(DATA)" || { echo "make study: give DATA=DIR, the folder that holds Task04_Hippocampus/"; exit 1; }
 	$(SNAKEMAKE) --cores $(JOBS) --keep-going --configfiles $(STUDY_CONFIG) --config data_root=$(abspath $(DATA)) $(if $(FOLDS),folds="$(FOLDS)")
-	$(BIN)/scnas export --results results-study --out $(STUDY_OUT) --configs $(STUDY_CONFIG) --note "folds $(if $(FOLDS),$(FOLDS),all)"
+	$(BIN)/scnas export --results results-study --out $(STUDY_OUT) --configs $(STUDY_CONFIG) --data-root $(abspath $(DATA)) --note "folds $(if $(FOLDS),$(FOLDS),all)"
 
 clean-demo:
 	rm -rf results/Demo*

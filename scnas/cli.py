@@ -390,7 +390,13 @@ def _run_heavy(args: argparse.Namespace, settings, rule: str, target: str, kwarg
 def cmd_export(args: argparse.Namespace) -> None:
     from scnas.report.export import export_study
 
-    written = export_study(Path(args.results), Path(args.out), [Path(c) for c in args.configs], note=args.note)
+    written = export_study(
+        Path(args.results),
+        Path(args.out),
+        [Path(c) for c in args.configs],
+        note=args.note,
+        data_roots=[Path(d) for d in args.data_root],
+    )
     log.info("exported %d files from %s to %s", len(written), args.results, args.out)
 
 
@@ -843,6 +849,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--configs", nargs="*", default=[], metavar="YAML", help="config files to keep with them (default: none)"
     )
     p.add_argument("--note", default="", help="a line kept in DIR/STUDY.json, e.g. what this part ran (default: none)")
+    p.add_argument(
+        "--data-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a data folder the study read, written as DATA_ROOT in the copies; repeat for several (default: none)",
+    )
     _common(p, config=False)
 
     p = _command(

@@ -42,6 +42,8 @@ def fold_name(fold: int | str) -> str:
 
 NNUNET = "nnunet"
 """The model folder of the nnU-Net v2 reference runs."""
+NNUNET_FOLDERS = "nnUNet"
+"""Inside it, nnU-Net's own nnUNet_raw, nnUNet_preprocessed and nnUNet_results."""
 
 RANDOM_RUN = re.compile(r"^random_(\d+)$")
 
@@ -117,11 +119,11 @@ class Layout:
 
     def nnunet_work(self, task: str) -> str:
         """nnU-Net's raw, preprocessed and results folders for the reference runs (model folder nnunet)."""
-        return self._p(task, NNUNET, "work")
+        return self._p(task, NNUNET, NNUNET_FOLDERS)
 
     def nnunet_prepared(self, task: str) -> str:
         """Written once nnU-Net has planned and preprocessed the task with the study's splits."""
-        return self._p(task, NNUNET, "work", "prepared.json")
+        return self._p(task, NNUNET, NNUNET_FOLDERS, "prepared.json")
 
     def cv_table(self, task: str | None = None) -> str:
         """The tables' prefix (add .csv, .md, .tex): one task's, or the whole study's."""

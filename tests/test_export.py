@@ -52,7 +52,8 @@ def _study(root: Path) -> Path:
     (task / "report" / "training").mkdir(parents=True)
     (task / "report" / "training" / "uresnet_fold_0.png").write_bytes(b"png")
     (task / "logs").mkdir()
-    (task / "logs" / "train_uresnet_fold_0.log").write_text("log")
+    (task / "logs" / "train_uresnet_fold_0.log").write_text(f"wrote {task.resolve()}/uresnet/fold_0/metrics.csv\n")
+    (task / "check.json").write_text(json.dumps({"dataset": str(root / "data" / "T")}))
     (task / "cv_table.md").write_text("| |")
     genotypes = [random_genotype(0, 0), _changed(random_genotype(0, 0), 14)]
     for k, genotype in enumerate(genotypes):
@@ -91,6 +92,8 @@ def test_export_copies_the_small_outputs_only(tmp_path):
             str(tmp_path / "study.yaml"),
             "--note",
             "fold 0",
+            "--data-root",
+            str(tmp_path / "data"),
         ],
         env=cli_env(),
         capture_output=True,
@@ -100,6 +103,7 @@ def test_export_copies_the_small_outputs_only(tmp_path):
     copied = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert copied == [
         "STUDY.json",
+        "T/check.json",
         "T/cv_table.md",
         "T/logs/train_uresnet_fold_0.log",
         "T/preprocessed/plans.json",
@@ -119,7 +123,13 @@ def test_export_copies_the_small_outputs_only(tmp_path):
         "config/study.yaml",
     ]
     study = json.loads((out / "STUDY.json").read_text())
-    assert study["note"] == "fold 0" and study["configs"] == ["study.yaml"]
+    assert study["note"] == "fold 0" and study["configs"] == ["study.yaml"] and study["results"] == "results"
+    # no path of the machine that ran it: the results folder by its name, the data under DATA_ROOT
+    assert json.loads((out / "T" / "check.json").read_text()) == {"dataset": "DATA_ROOT/T"}
+    assert (
+        out / "T" / "logs" / "train_uresnet_fold_0.log"
+    ).read_text() == "wrote results/T/uresnet/fold_0/metrics.csv\n"
+    assert not any(str(tmp_path) in p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert study["code"]["commit"] == head
     report = (out / "T" / "searches.md").read_text()

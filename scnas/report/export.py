@@ -3,7 +3,9 @@
 Kept: tables, genotypes, search logs and summaries, per-fold metrics, summaries, model.json and training
 logs, the plans, splits and dataset check, figures, rule logs, the nnU-Net reference's records and
 progress plot, and the config files given; left out: checkpoints, predictions, preprocessed cases and
-nnU-Net's data folders. Beside them: STUDY.json (the commit and settings that made the results, when and
+nnU-Net's data folders. Paths of the machine that ran the study are written relative: the results folder
+as its name, each data root given as DATA_ROOT, so the copies say where things were in the study, not
+on whose disk. Beside them: STUDY.json (the commit and settings that made the results, when and
 where) and, per task, searches.md (how each fold's search ended and how far the folds agree).
 """
 
@@ -12,14 +14,13 @@ from __future__ import annotations
 import datetime
 import fnmatch
 import platform
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Sequence
 
 from scnas.errors import ScnasError, describe_os_error
 from scnas.io import read_json, write_json, write_text
-from scnas.layout import NNUNET, SEARCH
+from scnas.layout import NNUNET, NNUNET_FOLDERS, SEARCH
 
 KEEP = (
     "cv_table*",
@@ -39,9 +40,9 @@ KEEP = (
     "*/report/*/*/*.png",
     "*/logs/*.log",
     "*/cv_table*",
-    f"*/{NNUNET}/work/prepared.json",
-    f"*/{NNUNET}/work/nnUNet_results/*/*/fold_*/progress.png",
-    f"*/{NNUNET}/work/nnUNet_results/*/*/fold_*/training_log_*.txt",
+    f"*/{NNUNET}/{NNUNET_FOLDERS}/prepared.json",
+    f"*/{NNUNET}/{NNUNET_FOLDERS}/nnUNet_results/*/*/fold_*/progress.png",
+    f"*/{NNUNET}/{NNUNET_FOLDERS}/nnUNet_results/*/*/fold_*/training_log_*.txt",
 )
 """Glob patterns, relative to the results folder, of what is exported."""
 
@@ -84,9 +85,42 @@ SOURCE = Path(__file__).resolve().parents[2]
 """The checkout this package runs from (an editable install's repository)."""
 
 
-def export_study(results: Path, out: Path, configs: Sequence[Path], repo: Path = SOURCE, note: str = "") -> list[Path]:
+TEXT = {".json", ".csv", ".log", ".txt", ".md", ".tex", ".yaml"}
+
+
+def relative_places(results: Path, data_roots: Sequence[Path] = ()) -> list[tuple[str, str]]:
+    """(absolute path, what it is written as), longest first: the data roots as DATA_ROOT, the results folder
+    as its name (every spelling of each: as given made absolute, and resolved)."""
+    places = {}
+    for root in data_roots:
+        for spelling in {str(Path(root).absolute()), str(Path(root).resolve())}:
+            places[spelling] = "DATA_ROOT"
+    for spelling in {str(results.absolute()), str(results.resolve())}:
+        places[spelling] = results.name
+    return sorted(places.items(), key=lambda item: -len(item[0]))
+
+
+def _copy(source: Path, target: Path, places: Sequence[tuple[str, str]]) -> None:
+    if source.suffix not in TEXT:
+        target.write_bytes(source.read_bytes())
+        return
+    text = source.read_text(errors="replace")
+    for path, name in places:
+        text = text.replace(path, name)
+    write_text(target, text)
+
+
+def export_study(
+    results: Path,
+    out: Path,
+    configs: Sequence[Path],
+    repo: Path = SOURCE,
+    note: str = "",
+    data_roots: Sequence[Path] = (),
+) -> list[Path]:
     """Copy the small outputs of `results` into `out` (replacing what an earlier export wrote there), with
-    the config files under out/config/, STUDY.json and each task's searches.md; returns what was written."""
+    the config files under out/config/, STUDY.json and each task's searches.md; returns what was written.
+    Machine paths become relative (`relative_places`)."""
     from scnas.evaluation.searches import search_report
 
     results, out = Path(results), Path(out)
@@ -96,6 +130,7 @@ def export_study(results: Path, out: Path, configs: Sequence[Path], repo: Path =
         if not Path(config).is_file():
             raise ScnasError(f"{config}: config file not found")
     files = files_to_export(results)
+    places = relative_places(results, data_roots)
     if not files:
         raise ScnasError(f"{results}: nothing to export (no tables, metrics or logs found)")
     written = []
@@ -104,12 +139,12 @@ def export_study(results: Path, out: Path, configs: Sequence[Path], repo: Path =
         for rel in files:
             target = out / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(results / rel, target)
+            _copy(results / rel, target, places)
             written.append(target)
         for config in configs:
             target = out / "config" / Path(config).name
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(config, target)
+            _copy(Path(config), target, places)
             written.append(target)
     except OSError as e:
         raise ScnasError(describe_os_error(e)) from None
@@ -123,7 +158,7 @@ def export_study(results: Path, out: Path, configs: Sequence[Path], repo: Path =
 
     record = {
         "exported": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "results": str(results),
+        "results": results.name,
         "code": git_state(repo),
         "configs": [Path(c).name for c in configs],
         "machine": {
@@ -137,8 +172,9 @@ def export_study(results: Path, out: Path, configs: Sequence[Path], repo: Path =
     }
     previous = out / "STUDY.json"
     if previous.is_file():
-        history = read_json(previous).get("earlier_exports", [])
         old = read_json(previous)
-        record["earlier_exports"] = history + [{k: old.get(k) for k in ("exported", "code", "note")}]
+        record["earlier_exports"] = old.get("earlier_exports", []) + [
+            {k: old.get(k) for k in ("exported", "code", "note")}
+        ]
     write_json(previous, record)
     return [*written, previous]
