@@ -28,6 +28,18 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): the CI machine
+    is shared, and its timings and memory measurements must not depend on oversubscription."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_task(tmp_path_factory) -> dict[str, Path]:
     """A 6-case synthetic heart task, preprocessed at 2 mm with 5-fold splits."""

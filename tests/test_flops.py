@@ -1,7 +1,6 @@
 """FLOPs counting (against hand formulas and a real run) and width matching."""
 
 import pytest
-import torch
 import torch.nn as nn
 
 from scnas.models.flops import count_gflops, match_width
@@ -9,13 +8,7 @@ from scnas.models.genotype_network import GenotypeNetwork
 from scnas.models.uresnet import UResNet
 from scnas.nas import CELL_TYPES, OPERATIONS, Genotype, cell_edges
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _conv_net(width: int) -> nn.Module:

@@ -26,12 +26,7 @@ from scnas.nas.operations import AvgPool, ConvBlock, FactorizedReduce, MaxPool, 
 EDGES = cell_edges()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cells(pattern=OPERATIONS):

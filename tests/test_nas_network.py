@@ -17,13 +17,7 @@ from scnas.nas.search_network import MixedEdge
 ZERO = OPERATIONS.index("zero")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CI machine is shared: one intra-op thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_operation_table_order():

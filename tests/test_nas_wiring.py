@@ -43,12 +43,7 @@ SIZE = (9, 10, 11)
 LEVEL_SIZES = [(9, 10, 11), (5, 5, 6), (3, 3, 3), (2, 2, 2)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sources(tensor: torch.Tensor, produced: dict[str, torch.Tensor]) -> set[str] | str:
