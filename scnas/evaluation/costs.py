@@ -37,6 +37,16 @@ COLUMNS = [
 ]
 
 
+def model_info(path: Path) -> tuple[dict, float, int, list[int] | None]:
+    """Spec, GFLOPs, width (stem or first-block channels) and patch of one fold's model.json."""
+    try:
+        data = read_json(path)
+        width = data["spec"].get("stem_channels") or data["spec"].get("base_channels")
+        return data, float(data["gflops"]), int(width), data.get("patch_size")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ScnasError(f"{path}: not a readable model.json ({type(e).__name__}: {e})") from None
+
+
 def parameter_count(spec: Mapping) -> int:
     """Trainable parameters of the network a model.json spec describes (built on the meta device)."""
     import torch
@@ -75,14 +85,10 @@ def run_costs(task: str, run: str, metrics: Sequence[Path]) -> dict:
         fold_dir = Path(path).parent
         info_path = fold_dir / MODEL_INFO
         if info_path.is_file():
-            try:
-                info = read_json(info_path)
-                spec = info["spec"]
-                widths.add(int(spec.get("stem_channels") or spec.get("base_channels")))
-                gflops.append(float(info["gflops"]))
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise ScnasError(f"{info_path}: not a readable model.json ({type(e).__name__}: {e})") from None
-            params.append(int(info["parameters"]) if "parameters" in info else parameter_count(spec))
+            info, fold_gflops, width, _ = model_info(info_path)
+            widths.add(width)
+            gflops.append(fold_gflops)
+            params.append(int(info["parameters"]) if "parameters" in info else parameter_count(info["spec"]))
         if (fold_dir / TRAINING_LOG).is_file():
             log = _read_log(fold_dir / TRAINING_LOG)
             train_s.append(float(log["seconds"].sum()))

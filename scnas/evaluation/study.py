@@ -11,7 +11,7 @@ import pandas as pd
 
 from scnas.errors import ScnasError
 from scnas.evaluation.compare import comparison_notes
-from scnas.evaluation.costs import cost_table, write_cost_table
+from scnas.evaluation.costs import cost_table, model_info, write_cost_table
 from scnas.evaluation.metrics import incomplete_reason
 from scnas.evaluation.tables import DEFAULT_MODEL_NAMES, cv_table, pool_draws, write_tables
 from scnas.io import read_json
@@ -79,16 +79,6 @@ def _label_names(paths: Sequence[Path]) -> dict[int, str]:
         raise ScnasError(f"{paths[0]}: not a readable metrics CSV ({str(e).splitlines()[0]})") from None
 
 
-def _model_info(path: Path) -> tuple[float, int, list[int] | None]:
-    """GFLOPs, width and patch of one fold's model.json."""
-    try:
-        data = read_json(path)
-        width = data["spec"].get("stem_channels") or data["spec"].get("base_channels")
-        return float(data["gflops"]), int(width), data.get("patch_size")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ScnasError(f"{path}: not a readable model.json ({type(e).__name__}: {e})") from None
-
-
 def flops_notes(found: Found) -> list[str]:
     """One note per task: GFLOPs per forward pass of each model (the range over the random draws), from
     the folds' model.json."""
@@ -100,7 +90,7 @@ def flops_notes(found: Found) -> list[str]:
             info = paths[0].parent / MODEL_INFO
             if t != task or not info.exists():
                 continue
-            gflops, width, patch = _model_info(info)
+            _, gflops, width, patch = model_info(info)
             costs[model_of(run)].append((gflops, width))
         parts = []
         for model, values in costs.items():
