@@ -102,6 +102,7 @@ class TrainConfig:
     lr: float
     betas: tuple[float, float]
     weight_decay: float
+    schedule: Literal["plateau", "poly"]
     lr_factor: float
     patience: int
     max_epochs: int
@@ -135,6 +136,7 @@ class SearchConfig:
     patience: int
     epochs: int
     extra_epochs: int
+    extra_alpha_lr_factor: float
     iterations_per_epoch: int | Literal["auto"]
     arch_fraction: float
     sampling: Literal["two", "all", "one"]

@@ -20,8 +20,8 @@ from scnas.data.sampler import PatchSampler
 from scnas.data.store import load_preprocessed
 from scnas.nas.diagnostics import converged
 from scnas.train.checkpoint import load_checkpoint
-from scnas.train.search import SearchRequest, search, temperature
-from scnas.train.training import TrainRequest, train
+from scnas.train.search import SearchRequest, alpha_lr, search, search_provenance, temperature
+from scnas.train.training import TrainRequest, train, training_provenance
 
 
 def _stage(**train):
@@ -107,6 +107,31 @@ def test_lr_drops_on_plateau_and_training_stops_below_min_lr(tiny_task, tmp_path
     assert len(rows) < 30  # stopped once lr < min_lr
 
 
+def test_poly_schedule_anneals_the_lr_like_nnunet(tiny_task, tmp_path):
+    out = tmp_path / "run"
+    stage = _stage(schedule="poly", max_epochs=5, iterations_per_epoch=1, lr=1e-3, patience=1)
+    train(TrainRequest(tiny_task["pre"], tiny_task["splits"], 1, out, "uresnet", stage))
+    lrs = [float(r["lr"]) for r in _log(out / "training_log.csv")]
+    assert lrs == pytest.approx([1e-3 * (1 - e / 5) ** 0.9 for e in range(5)], rel=1e-12)  # nnU-Net's PolyLRScheduler
+
+
+def test_default_schedules_leave_the_fingerprints_of_earlier_runs_alone():
+    plans, spec = type("Plans", (), {"fingerprint": "p"})(), {"name": "uresnet"}
+
+    def train_keys(**train):
+        req = TrainRequest(Path("."), Path("."), 0, Path("."), "uresnet", _stage(**train))
+        return training_provenance(req, spec, plans, "s").settings["train"]
+
+    def search_keys(**search):
+        req = SearchRequest(Path("."), Path("."), 0, Path("."), task_settings({"search": search}))
+        return search_provenance(req, plans, "s").settings["search"]
+
+    assert "schedule" not in train_keys() and train_keys(schedule="poly")["schedule"] == "poly"
+    assert "extra_alpha_lr_factor" not in search_keys(extra_epochs=4)
+    assert "extra_alpha_lr_factor" not in search_keys(extra_alpha_lr_factor=0.5)  # no extra epochs: no effect
+    assert search_keys(extra_epochs=4, extra_alpha_lr_factor=0.5)["extra_alpha_lr_factor"] == 0.5
+
+
 def _train_cmd(task, out: Path, max_epochs: int) -> list[str]:
     config = {
         "seed": 5,
@@ -177,6 +202,11 @@ def test_temperature_anneals_from_start_to_end():
     assert temperature(cfg, 5) == temperature(cfg, 9) == 0.25  # extra epochs stay at tau.end
 
 
+def test_alpha_lr_stays_through_the_schedule_and_decays_per_extra_epoch():
+    cfg = task_settings({"search": {"epochs": 3, "extra_epochs": 4, "alpha_lr": 0.08, "extra_alpha_lr_factor": 0.5}})
+    assert [alpha_lr(cfg.search, e) for e in range(7)] == [0.08, 0.08, 0.08, 0.04, 0.02, 0.01, 0.005]
+
+
 def test_extra_epochs_continue_at_tau_end_until_the_genotype_is_stable(tiny_task, tmp_path):
     settings = {
         "stem_channels": 8,
@@ -186,6 +216,7 @@ def test_extra_epochs_continue_at_tau_end_until_the_genotype_is_stable(tiny_task
         "iterations_per_epoch": 2,
         "amp": False,
         "alpha_lr": 0.05,
+        "extra_alpha_lr_factor": 0.5,
         "augmentation": NO_AUG,
         "tau": {"start": 2.0, "end": 0.5},
     }
@@ -195,6 +226,7 @@ def test_extra_epochs_continue_at_tau_end_until_the_genotype_is_stable(tiny_task
     genotypes = [r["genotype"] for r in rows]
     assert 2 <= len(rows) <= 8
     assert all(float(r["tau"]) == 0.5 for r in rows[1:])
+    assert [float(r["alpha_lr"]) for r in rows] == [0.05 * 0.5 ** max(0, e - 1) for e in range(len(rows))]
     stable = [converged(genotypes[:n]) for n in range(1, len(rows) + 1)]
     if len(rows) < 8:  # it stopped at the first stable epoch after the schedule's two
         assert stable[-1] and not any(stable[2:-1])

@@ -68,6 +68,11 @@ def temperature(cfg: SearchConfig, epoch: int) -> float:
     return cfg.tau.start * (cfg.tau.end / cfg.tau.start) ** (epoch / (cfg.epochs - 1))
 
 
+def alpha_lr(cfg: SearchConfig, epoch: int) -> float:
+    """alpha's lr at `epoch`: search.alpha_lr through the schedule, x extra_alpha_lr_factor per extra epoch."""
+    return cfg.alpha_lr * cfg.extra_alpha_lr_factor ** max(0, epoch - cfg.epochs + 1)
+
+
 def alpha_snapshot(net: SearchNetwork) -> dict[str, list[list[float]]]:
     """softmax(alpha) per cell type, for the alpha history plots."""
     return {
@@ -81,6 +86,8 @@ def search_provenance(req: SearchRequest, plans: Plans, split: str) -> Provenanc
     settings = dataclass_to_dict(req.settings.search)
     if not settings["extra_epochs"]:  # absent means none, so searches made before the key keep their fingerprints
         del settings["extra_epochs"]
+    if settings["extra_alpha_lr_factor"] == 1.0 or not settings.get("extra_epochs"):  # likewise: no decay
+        del settings["extra_alpha_lr_factor"]
     return Provenance.of(
         {
             "stage": "search",
@@ -127,6 +134,8 @@ class _Search:
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, ctx, device, net = self.cfg, self.ctx, self.device, self.net
         net.tau = temperature(cfg, epoch)
+        for group in self.a_opt.param_groups:
+            group["lr"] = alpha_lr(cfg, epoch)
         net.load_sampler_state(torch_generator(torch.device("cpu"), self.seed, epoch, 1).get_state())
         generator = torch_generator(device, self.seed, epoch, ctx.rank)
         args = (self.seed, epoch, self.steps, cfg.batch_size, ctx.rank, ctx.world_size)
@@ -156,6 +165,7 @@ class _Search:
             "weight_loss": round(w_loss, 6),
             "arch_loss": round(a_loss, 6),
             "weight_lr": lr,
+            "alpha_lr": self.a_opt.param_groups[0]["lr"],
             "steps": self.steps,
             "mean_entropy": round(sum(f["entropy"] for f in figures.values()) / len(figures), 4),
             "mean_max_prob": round(sum(f["max_prob"] for f in figures.values()) / len(figures), 4),

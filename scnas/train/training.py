@@ -1,7 +1,7 @@
 """Train one model on one fold with the paper's retrain recipe (U-ResNet baseline and SCNAS networks).
 
 Adam (lr 3e-4, betas 0.9/0.999), Jaccard loss, lr x 0.2 after 30 epochs without training-loss
-improvement, stop at 500 epochs or once lr < 1e-7. The fold's model is its final checkpoint (no model
+improvement (or nnU-Net's poly schedule, `train.schedule: poly`), stop at 500 epochs or once lr < 1e-7. The fold's model is its final checkpoint (no model
 selection on the fold's validation cases); it records the provenance of the run, and a rerun with
 identical settings reuses it.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from scnas.config import TaskSettings, dataclass_to_dict, steps_per_epoch
+from scnas.config import TaskSettings, TrainConfig, dataclass_to_dict, steps_per_epoch
 from scnas.data.augment import augment_batch, spatial_read_size
 from scnas.data.plans import Plans
 from scnas.data.sampler import PatchSampler, epoch_rng, prefetch
@@ -63,6 +63,8 @@ def training_provenance(req: TrainRequest, spec: dict, plans: Plans, split: str)
     """What a fold's model depends on: the training settings, the resolved model, plans, split, seed, fold."""
     settings = dataclass_to_dict(req.settings.train)
     del settings["upsample_before_reduce"]  # the model spec says it where it matters (genotype networks)
+    if settings["schedule"] == "plateau":  # the default, so that models trained before the key keep their fingerprints
+        del settings["schedule"]
     return Provenance.of(
         {
             "stage": "train",
@@ -74,6 +76,21 @@ def training_provenance(req: TrainRequest, spec: dict, plans: Plans, split: str)
             "split": split,
         }
     )
+
+
+POLY_EXPONENT = 0.9
+
+
+def poly_factor(epoch: int, max_epochs: int) -> float:
+    """nnU-Net's poly schedule: the lr's factor at `epoch` (0-based), 1 at the first, near 0 at the last."""
+    return (1 - epoch / max_epochs) ** POLY_EXPONENT
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
+    """The epoch-wise lr schedule `train.schedule` names."""
+    if cfg.schedule == "poly":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: poly_factor(epoch, cfg.max_epochs))
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.patience)
 
 
 class _Training:
@@ -89,9 +106,7 @@ class _Training:
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
         )
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.patience
-        )
+        self.scheduler = lr_scheduler(self.optimizer, cfg)
         self.precision = Precision(self.device, cfg.amp)
         self.net = self.model
         if ctx.world_size > 1:
@@ -133,7 +148,10 @@ class _Training:
             self.precision.step(self.optimizer)
             total += loss.detach()
         epoch_loss = float(ctx.all_reduce_mean(total / self.steps))
-        self.scheduler.step(epoch_loss)
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(epoch_loss)
+        else:
+            self.scheduler.step()
         row: dict[str, Any] = {"train_loss": round(epoch_loss, 6), "lr": lr}
         if self.val_sampler is not None and (epoch + 1) % cfg.val_dice_every == 0:
             row["val_patch_dice"] = round(

@@ -14,6 +14,8 @@ rule search:
     log:
         L.log("{task}", "search_fold_{fold}.log"),
     threads: HEAVY_THREADS
+    # Before the trainings that are ready too: the SCNAS training of the fold waits on the search.
+    priority: 10
     conda:
         ENV
     shell:
