@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import BIN, REPO, cli_env
 
-from scnas.evaluation.searches import agreement, search_report
+from scnas.evaluation.searches import agreement, decided_edges, operation_counts, search_report
 from scnas.nas.genotype import Genotype, random_genotype, save_genotype
 
 
@@ -30,6 +30,20 @@ def test_agreement_counts_shared_edges_by_hand():
     # a-b share 49 of 56 edges, a-c 42, b-c 49 (edges 0..6 changed alike in both, 7..13 only in c)
     assert pairwise == pytest.approx((49 + 42 + 49) / 3 / 56)
     assert unanimous == pytest.approx(42 / 56)
+
+
+def test_decided_edges_and_operation_counts_by_hand():
+    probs = {
+        "encoder_normal": [[0.5, 0.4, 0.1], [0.3, 0.3, 0.4], [0.9, 0.05, 0.05]],  # margins 0.1, 0.1, 0.85
+        "reduction": [[0.34, 0.33, 0.33]],
+    }
+    assert decided_edges(probs) == 3 and decided_edges(probs, margin=0.2) == 1
+    a = random_genotype(0, 0)
+    b = _changed(a, 14)  # every encoder edge made conv3 (or identity where it was conv3)
+    counts, mean = operation_counts([a]), operation_counts([a, b])
+    assert sum(counts.values()) == 56 and sum(mean.values()) == pytest.approx(56)
+    was_conv = sum(op == "conv3" for op in a.edge_ops["encoder_normal"].values())
+    assert mean["conv3"] == pytest.approx(counts["conv3"] + (14 - 2 * was_conv) / 2)
 
 
 def _study(root: Path) -> Path:
@@ -135,6 +149,7 @@ def test_export_copies_the_small_outputs_only(tmp_path):
     report = (out / "T" / "searches.md").read_text()
     assert "| 0 | 20 | 500 / 500 | yes | 15 | 1.000 |" in report and "| 1 | 20 | 500 / 500 | NO |" in report
     assert "75.0 % of the 56 edges share their operation" in report
+    assert "| Operation | fold 0 | fold 1 |" in report and "| 0 | 20 | 500 / 500 | yes | 15 | 1.000 | 0.500 (" in report
     again = subprocess.run(
         [str(BIN / "scnas"), "export", "--results", str(results), "--out", str(out), "--note", "fold 1"],
         env=cli_env(),

@@ -4,7 +4,9 @@ Per fold, from search_summary.json: epochs and steps taken, whether the genotype
 10 % of the epochs, and the last epoch's mean entropy and mean largest probability of softmax(alpha) per
 cell type. Across folds, from genotype.json: the fraction of edges (4 cell types x 14) whose operation two
 folds share, averaged over pairs of folds, and the fraction on which every fold agrees; the random
-control's draws give the same figures for genotypes drawn by chance (expected pairwise 1/8).
+control's draws give the same figures for genotypes drawn by chance (expected pairwise 1/8). From the last
+softmax(alpha) in alpha_history.json: how many edges the search decided (its two most likely operations
+at least DECIDED_MARGIN apart); and how often each operation was chosen, against the random draws.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ from scnas.io import read_json
 from scnas.layout import FOLD_DIR, GENOTYPE, RANDOM_RUN, SEARCH
 from scnas.nas.cells import CELL_TYPES
 from scnas.nas.genotype import Genotype, load_genotype
+from scnas.nas.operations import OPERATIONS
 
 SUMMARY = "search_summary.json"
+ALPHAS = "alpha_history.json"
+DECIDED_MARGIN = 0.1
+"""An edge is decided when its two most likely operations are at least this far apart in probability."""
 
 
 def agreement(genotypes: Sequence[Genotype]) -> tuple[float, float]:
@@ -34,8 +40,39 @@ def agreement(genotypes: Sequence[Genotype]) -> tuple[float, float]:
     return sum(pairs) / len(pairs), unanimous
 
 
-def _fold_rows(task_dir: Path) -> tuple[list[str], list[Genotype]]:
-    rows, genotypes = [], []
+def decided_edges(softmax_alpha: dict[str, Sequence[Sequence[float]]], margin: float = DECIDED_MARGIN) -> int:
+    """How many edges (all cell types) have their two most likely operations at least `margin` apart."""
+    decided = 0
+    for probs in softmax_alpha.values():
+        for edge in probs:
+            first, second = sorted(edge, reverse=True)[:2]
+            decided += first - second >= margin - 1e-9  # 0.5 - 0.4 is 0.1 apart
+    return decided
+
+
+def operation_counts(genotypes: Sequence[Genotype]) -> dict[str, float]:
+    """Per operation, on how many of the 56 edges it was chosen, averaged over `genotypes`."""
+    counts = dict.fromkeys(OPERATIONS, 0)
+    for genotype in genotypes:
+        for cell in CELL_TYPES:
+            for op in genotype.edge_ops[cell].values():
+                counts[op] += 1
+    return {op: n / max(1, len(genotypes)) for op, n in counts.items()}
+
+
+def _decided(folder: Path) -> str:
+    if not (folder / ALPHAS).is_file():
+        return "-"
+    try:
+        last = read_json(folder / ALPHAS)[-1]["softmax_alpha"]
+        total = sum(len(edges) for edges in last.values())
+        return f"{decided_edges(last)} of {total}"
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise ScnasError(f"{folder / ALPHAS}: not a readable alpha history ({type(e).__name__}: {e})") from None
+
+
+def _fold_rows(task_dir: Path) -> tuple[list[str], list[Genotype], list[int]]:
+    rows, genotypes, searched = [], [], []
     folds = sorted((int(m.group(1)), p) for p in (task_dir / SEARCH).glob("fold_*") if (m := FOLD_DIR.match(p.name)))
     for fold, folder in folds:
         if not (folder / SUMMARY).is_file() or not (folder / GENOTYPE).is_file():
@@ -48,25 +85,27 @@ def _fold_rows(task_dir: Path) -> tuple[list[str], list[Genotype]]:
             rows.append(
                 f"| {fold} | {data['epochs']} | {data['weight_steps']} / {data['alpha_steps']} | "
                 f"{'yes' if data['converged'] else 'NO'} | {data['genotype_stable_since_epoch']} | {entropy:.3f} | "
-                f"{data['mean_max_prob']:.3f} ({per_cell}) |"
+                f"{data['mean_max_prob']:.3f} ({per_cell}) | {_decided(folder)} |"
             )
         except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as e:
             raise ScnasError(f"{folder / SUMMARY}: not a readable search summary ({type(e).__name__}: {e})") from None
         genotypes.append(load_genotype(folder / GENOTYPE))
-    return rows, genotypes
+        searched.append(fold)
+    return rows, genotypes, searched
 
 
 def search_report(task_dir: Path) -> str:
     """The Markdown report of `task_dir`'s searches; empty when it has none."""
-    rows, genotypes = _fold_rows(Path(task_dir))
+    rows, genotypes, folds = _fold_rows(Path(task_dir))
     if not rows:
         return ""
     lines = [
         f"# Searches of {Path(task_dir).name}",
         "",
         "| Fold | Epochs | Weight / alpha steps | Genotype stable over the last 10 % | Stable since epoch "
-        "| Mean entropy (uniform 2.079) | Mean largest probability (uniform 0.125; per cell type) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| Mean entropy (uniform 2.079) | Mean largest probability (uniform 0.125; per cell type) "
+        f"| Edges decided (top two >= {DECIDED_MARGIN:g} apart) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
         "",
     ]
@@ -76,11 +115,34 @@ def search_report(task_dir: Path) -> str:
             f"Agreement of the {len(genotypes)} folds' genotypes: {100 * pairwise:.1f} % of the 56 edges share their "
             f"operation between two folds (mean over pairs), {100 * unanimous:.1f} % in every fold."
         )
-    draws = sorted(p for p in Path(task_dir).glob("random_*/" + GENOTYPE) if RANDOM_RUN.match(p.parent.name))
+    draws = [
+        load_genotype(p)
+        for p in sorted(Path(task_dir).glob("random_*/" + GENOTYPE))
+        if RANDOM_RUN.match(p.parent.name)
+    ]
     if len(draws) > 1:
-        pairwise, unanimous = agreement([load_genotype(p) for p in draws])
+        pairwise, unanimous = agreement(draws)
         lines.append(
             f"For scale, the {len(draws)} random genotypes: {100 * pairwise:.1f} % between two draws "
             f"(expected 12.5 %), {100 * unanimous:.1f} % in every draw."
         )
+    lines += ["", _operations_table(genotypes, folds, draws)]
     return "\n".join(lines) + "\n"
+
+
+def _operations_table(genotypes: Sequence[Genotype], folds: Sequence[int], draws: Sequence[Genotype]) -> str:
+    """How many of the 56 edges chose each operation, per searched fold and for the random draws (mean)."""
+    columns = [operation_counts([g]) for g in genotypes]
+    header = [f"fold {k}" for k in folds]
+    if draws:
+        columns.append(operation_counts(draws))
+        header.append(f"random (mean of {len(draws)})")
+    lines = [
+        "Operations chosen, edges of 56 (a uniform draw expects 7 each):",
+        "",
+        "| Operation | " + " | ".join(header) + " |",
+        "| --- |" + " --- |" * len(header),
+    ]
+    for op in OPERATIONS:
+        lines.append(f"| {op} | " + " | ".join(f"{c[op]:.3g}" for c in columns) + " |")
+    return "\n".join(lines)
