@@ -228,6 +228,27 @@ def test_search_figures(study, drawn):
     assert all((table.max(1) == 3).all() for table in same.values())
 
 
+def test_a_decaying_alpha_lr_is_drawn_beside_the_temperature(study, tmp_path, monkeypatch):
+    from scnas.report import search as figure
+
+    folder = tmp_path / "fold_0"
+    shutil.copytree(study / TASK / "search" / "fold_0", folder)
+    log = pd.read_csv(folder / "search_log.csv")
+    drawn_lrs = []
+
+    def keep(fig, out):
+        drawn_lrs.extend(ax.lines[0].get_ydata().tolist() for ax in fig.axes if "learning rate" in ax.get_ylabel())
+        return str(out)
+
+    monkeypatch.setattr(figure.style, "save_png", keep)
+    figure.plot_search(folder, tmp_path / "constant.png", OPERATIONS)
+    assert drawn_lrs == []  # a constant alpha lr is not worth an axis
+    log["alpha_lr"] = [0.05 * 0.5**e for e in range(len(log))]
+    log.to_csv(folder / "search_log.csv", index=False)
+    figure.plot_search(folder, tmp_path / "decayed.png", OPERATIONS)
+    assert drawn_lrs == [log["alpha_lr"].tolist()]
+
+
 def test_a_damaged_alpha_history_is_one_line_naming_the_file(study, tmp_path):
     from scnas.report.search import plot_search
 

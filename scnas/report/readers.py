@@ -64,7 +64,7 @@ def read_table(path: str | Path, what: str, columns: Sequence[str], numeric: Seq
 def read_search_log(folder: str | Path) -> pd.DataFrame:
     """search_log.csv of a search folder: one row per epoch."""
     cols = ("epoch", "tau", "weight_loss", "arch_loss", "mean_entropy", "argmax_changes", "seconds")
-    return read_table(Path(folder) / SEARCH_LOG, "search log", cols, numeric=cols)
+    return read_table(Path(folder) / SEARCH_LOG, "search log", cols, numeric=(*cols, "alpha_lr"))
 
 
 def read_training_log(folder: str | Path) -> pd.DataFrame:

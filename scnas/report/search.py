@@ -120,6 +120,14 @@ def plot_search(folder: str | os.PathLike, out: str | os.PathLike, operations: S
     ax.set_title("Gumbel-softmax temperature τ")
     ax.set_xlabel("epoch")
     _integer_epochs(ax, epochs)
+    if "alpha_lr" in log and log["alpha_lr"].nunique() > 1:  # decayed over the extra epochs
+        ax.set_ylabel("τ")
+        lr_ax = ax.twinx()
+        lr_ax.plot(log["epoch"], log["alpha_lr"], color="#009E73", marker=marker)
+        lr_ax.set_ylabel("α's learning rate", color="#009E73")
+        lr_ax.tick_params(axis="y", colors="#009E73")
+        lr_ax.set_ylim(bottom=0)
+        ax.set_title("temperature τ (black), α's lr (green)")
 
     ax = fig.add_subplot(grid[2, 3] if len(cells) > 3 else grid[2, -1])
     ax.plot(log["epoch"], log["weight_loss"], color="#0072B2", marker=marker, label="weight loss (weight set)")
