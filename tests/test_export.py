@@ -150,6 +150,7 @@ def test_export_copies_the_small_outputs_only(tmp_path):
     assert "| 0 | 20 | 500 / 500 | yes | 15 | 1.000 |" in report and "| 1 | 20 | 500 / 500 | NO |" in report
     assert "75.0 % of the 56 edges share their operation" in report
     assert "| Operation | fold 0 | fold 1 |" in report and "| 0 | 20 | 500 / 500 | yes | 15 | 1.000 | 0.500 (" in report
+    (results / "T" / "logs" / "train_uresnet_fold_0.log").unlink()  # a rerun that no longer writes it
     again = subprocess.run(
         [str(BIN / "scnas"), "export", "--results", str(results), "--out", str(out), "--note", "fold 1"],
         env=cli_env(),
@@ -159,6 +160,8 @@ def test_export_copies_the_small_outputs_only(tmp_path):
     assert again.returncode == 0
     study = json.loads((out / "STUDY.json").read_text())
     assert study["note"] == "fold 1" and [e["note"] for e in study["earlier_exports"]] == ["fold 0"]
+    assert not (out / "T" / "logs").exists() and (out / "T" / "cv_table.md").is_file()
+    assert (out / "config" / "study.yaml").is_file()  # outside the task folders: kept
 
 
 def test_export_refuses_what_it_cannot_use_in_one_line(tmp_path):

@@ -110,6 +110,20 @@ def _copy(source: Path, target: Path, places: Sequence[tuple[str, str]]) -> None
     write_text(target, text)
 
 
+def _remove_stale(out: Path, folders: Sequence[Path], written: Sequence[Path]) -> None:
+    """Delete what an earlier export left in `folders` that this one did not write (a rerun's old logs)."""
+    keep = {p.resolve() for p in written}
+    try:
+        for folder in folders:
+            for path in sorted(folder.rglob("*"), reverse=True):
+                if path.is_file() and path.resolve() not in keep:
+                    path.unlink()
+                elif path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+    except OSError as e:
+        raise ScnasError(describe_os_error(e)) from None
+
+
 def export_study(
     results: Path,
     out: Path,
@@ -118,9 +132,9 @@ def export_study(
     note: str = "",
     data_roots: Sequence[Path] = (),
 ) -> list[Path]:
-    """Copy the small outputs of `results` into `out` (replacing what an earlier export wrote there), with
-    the config files under out/config/, STUDY.json and each task's searches.md; returns what was written.
-    Machine paths become relative (`relative_places`)."""
+    """Copy the small outputs of `results` into `out` (replacing what an earlier export wrote there, and
+    removing its files that `results` no longer has), with the config files under out/config/, STUDY.json
+    and each task's searches.md; returns what was written. Machine paths become relative (`relative_places`)."""
     from scnas.evaluation.searches import search_report
 
     results, out = Path(results), Path(out)
@@ -154,6 +168,7 @@ def export_study(
         if report:
             write_text(out / task / "searches.md", report)
             written.append(out / task / "searches.md")
+    _remove_stale(out, [out / task for task in tasks], written)
     import torch
 
     record = {
