@@ -21,7 +21,8 @@ rule nnunet_prepare:
         batch=lambda wc: CFG.settings(wc.task).train.batch_size,
     log:
         L.log("{task}", "nnunet_prepare.log"),
-    threads: 2
+    # As many as a training: a job that needs every core waits, one core idle, until all trainings end.
+    threads: HEAVY_THREADS
     conda:
         ENV
     shell:
