@@ -134,6 +134,7 @@ class SearchConfig:
     alpha_betas: tuple[float, float]
     lr_factor: float
     patience: int
+    warmup_epochs: int
     epochs: int
     extra_epochs: int
     extra_alpha_lr_factor: float

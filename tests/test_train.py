@@ -128,6 +128,7 @@ def test_default_schedules_leave_the_fingerprints_of_earlier_runs_alone():
 
     assert "schedule" not in train_keys() and train_keys(schedule="poly")["schedule"] == "poly"
     assert "extra_alpha_lr_factor" not in search_keys(extra_epochs=4)
+    assert "warmup_epochs" not in search_keys() and search_keys(warmup_epochs=3)["warmup_epochs"] == 3
     assert "extra_alpha_lr_factor" not in search_keys(extra_alpha_lr_factor=0.5)  # no extra epochs: no effect
     assert search_keys(extra_epochs=4, extra_alpha_lr_factor=0.5)["extra_alpha_lr_factor"] == 0.5
 
@@ -200,6 +201,42 @@ def test_temperature_anneals_from_start_to_end():
     assert all(b < a for a, b in zip(taus, taus[1:]))
     assert taus[2] == pytest.approx(1.0)  # geometric mean: exponential schedule
     assert temperature(cfg, 5) == temperature(cfg, 9) == 0.25  # extra epochs stay at tau.end
+
+
+def test_warmup_epochs_hold_tau_at_start_and_shift_the_schedules():
+    cfg = task_settings(
+        {"search": {"warmup_epochs": 2, "epochs": 5, "extra_epochs": 2, "tau": {"start": 4.0, "end": 0.25}}}
+    ).search
+    taus = [temperature(cfg, e) for e in range(9)]
+    assert taus[:3] == [4.0, 4.0, 4.0] and taus[4] == pytest.approx(1.0) and taus[6:] == [0.25] * 3
+    decaying = task_settings({"search": {"warmup_epochs": 2, "epochs": 3, "extra_alpha_lr_factor": 0.5}}).search
+    assert [alpha_lr(decaying, e) for e in range(7)] == [0.003] * 5 + [0.0015, 0.00075]
+
+
+def test_a_warmup_trains_the_weights_and_leaves_alpha_alone(tiny_task, tmp_path):
+    settings = {
+        "stem_channels": 8,
+        "batch_size": 2,
+        "warmup_epochs": 2,
+        "epochs": 2,
+        "iterations_per_epoch": 2,
+        "amp": False,
+        "alpha_lr": 0.05,
+        "augmentation": NO_AUG,
+        "tau": {"start": 2.0, "end": 0.5},
+    }
+    out = tmp_path / "search" / "fold_0"
+    search(SearchRequest(tiny_task["pre"], tiny_task["splits"], 0, out, task_settings({"search": settings}), task="t"))
+    rows = _log(out / "search_log.csv")
+    assert [float(r["tau"]) for r in rows] == [2.0, 2.0, 2.0, 0.5]
+    assert [int(r["alpha_steps"]) for r in rows] == [0, 0, 2, 2] and [float(r["alpha_lr"]) for r in rows[:2]] == [0, 0]
+    assert len({r["weight_loss"] for r in rows}) == 4  # the weights learn from the first epoch
+    history = json.loads((out / "alpha_history.json").read_text())
+    alphas = [np.array(h["softmax_alpha"]["encoder_normal"]) for h in history]
+    np.testing.assert_array_equal(alphas[0], alphas[1])  # no alpha step in the warm-up
+    assert np.abs(alphas[3] - alphas[1]).max() > 1e-4
+    summary = json.loads((out / "search_summary.json").read_text())
+    assert summary["epochs"] == 4 and summary["weight_steps"] == 8 and summary["alpha_steps"] == 4
 
 
 def test_alpha_lr_stays_through_the_schedule_and_decays_per_extra_epoch():

@@ -4,7 +4,9 @@ The fold's training cases are split 4:1 into a weight set and an architecture se
 takes an Adam step on the operation weights (weight-set batch) and then one on the architecture logits
 alpha (architecture-set batch), each with a freshly sampled architecture (Algorithm 1 for
 sampling="two"). The Gumbel temperature anneals exponentially from tau.start to tau.end over the
-epochs; the weights' lr drops x0.1 after a 20-epoch plateau of the training loss (alpha's lr stays).
+epochs; the weights' lr drops x0.1 after a 20-epoch plateau of the training loss (alpha's lr stays, but
+for the optional extra epochs at tau.end, where it can decay so that the logits settle). Optional warm-up
+epochs before the schedule take the weight steps only.
 Outputs: genotype.json (written last, with the search's provenance), alpha_history.json, search_log.csv.
 """
 
@@ -62,7 +64,11 @@ class SearchRequest:
 
 
 def temperature(cfg: SearchConfig, epoch: int) -> float:
-    """Exponential annealing: tau.start at the first epoch, tau.end at the schedule's last and after it."""
+    """Exponential annealing: tau.start through the warm-up and at the schedule's first epoch, tau.end at its
+    last and after it."""
+    epoch -= cfg.warmup_epochs
+    if epoch < 0:
+        return cfg.tau.start
     if cfg.epochs == 1 or epoch >= cfg.epochs - 1:
         return cfg.tau.end
     return cfg.tau.start * (cfg.tau.end / cfg.tau.start) ** (epoch / (cfg.epochs - 1))
@@ -70,7 +76,7 @@ def temperature(cfg: SearchConfig, epoch: int) -> float:
 
 def alpha_lr(cfg: SearchConfig, epoch: int) -> float:
     """alpha's lr at `epoch`: search.alpha_lr through the schedule, x extra_alpha_lr_factor per extra epoch."""
-    return cfg.alpha_lr * cfg.extra_alpha_lr_factor ** max(0, epoch - cfg.epochs + 1)
+    return cfg.alpha_lr * cfg.extra_alpha_lr_factor ** max(0, epoch - cfg.warmup_epochs - cfg.epochs + 1)
 
 
 def alpha_snapshot(net: SearchNetwork) -> dict[str, list[list[float]]]:
@@ -88,6 +94,8 @@ def search_provenance(req: SearchRequest, plans: Plans, split: str) -> Provenanc
         del settings["extra_epochs"]
     if settings["extra_alpha_lr_factor"] == 1.0 or not settings.get("extra_epochs"):  # likewise: no decay
         del settings["extra_alpha_lr_factor"]
+    if not settings["warmup_epochs"]:
+        del settings["warmup_epochs"]
     return Provenance.of(
         {
             "stage": "search",
@@ -126,8 +134,8 @@ class _Search:
         self.genotypes: list[str] = []
 
     def stop_reason(self, epoch: int) -> str | None:
-        """After the schedule's epochs, stop at the first epoch whose genotype history is stable."""
-        if epoch >= self.cfg.epochs and diagnostics.converged(self.genotypes):
+        """After the warm-up and the schedule's epochs, stop at the first epoch whose genotype history is stable."""
+        if epoch >= self.cfg.warmup_epochs + self.cfg.epochs and diagnostics.converged(self.genotypes):
             return f"the genotype is stable after {epoch} epochs"
         return None
 
@@ -147,10 +155,13 @@ class _Search:
         w_total = torch.zeros((), device=device, dtype=torch.float64)
         a_total = torch.zeros((), device=device, dtype=torch.float64)
         net.train()
-        label = f"search epoch {epoch + 1}/{cfg.epochs}" + (f" (+{cfg.extra_epochs})" if cfg.extra_epochs else "")
-        for w_batch, a_batch in progress(pairs, self.steps, label, ctx.is_main):
+        warmup = epoch < cfg.warmup_epochs
+        label = f"search epoch {epoch + 1}/{cfg.warmup_epochs + cfg.epochs}" + (
+            f" (+{cfg.extra_epochs})" if cfg.extra_epochs else ""
+        )
+        for w_batch, a_batch in progress(pairs, self.steps, label + (" (warm-up)" if warmup else ""), ctx.is_main):
             w_total += self._step(w_batch, self.w_params, self.w_opt, generator)
-            a_total += self._step(a_batch, self.a_params, self.a_opt, generator)
+            a_total += self._step(a_batch, self.a_params, None if warmup else self.a_opt, generator)
         w_loss = float(ctx.all_reduce_mean(w_total / self.steps))
         a_loss = float(ctx.all_reduce_mean(a_total / self.steps))
         lr = self.w_opt.param_groups[0]["lr"]
@@ -165,8 +176,9 @@ class _Search:
             "weight_loss": round(w_loss, 6),
             "arch_loss": round(a_loss, 6),
             "weight_lr": lr,
-            "alpha_lr": self.a_opt.param_groups[0]["lr"],
+            "alpha_lr": 0.0 if warmup else self.a_opt.param_groups[0]["lr"],
             "steps": self.steps,
+            "alpha_steps": 0 if warmup else self.steps,
             "mean_entropy": round(sum(f["entropy"] for f in figures.values()) / len(figures), 4),
             "mean_max_prob": round(sum(f["max_prob"] for f in figures.values()) / len(figures), 4),
             "argmax_changes": sum(f["argmax_changes"] for f in figures.values()),
@@ -174,11 +186,15 @@ class _Search:
         }
 
     def _step(
-        self, batch, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, generator
+        self, batch, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer | None, generator
     ) -> torch.Tensor:
-        """One Adam step on `params` (the weights or the alphas) with a freshly sampled architecture."""
+        """One Adam step on `params` (the weights or the alphas) with a freshly sampled architecture; with no
+        optimizer (the warm-up's alpha batches) only the loss, on the same draws."""
         x, y = to_device(batch, self.device)
         x, y = augment_batch(x, y, self.cfg.augmentation, generator, self.w_sampler.patch)
+        if optimizer is None:
+            with torch.no_grad(), self.precision.autocast():
+                return jaccard_loss(self.net(x), y, reduce_sums=batch_sum_reducer(self.ctx)).detach()
         with self.precision.autocast():
             loss = jaccard_loss(self.net(x), y, reduce_sums=batch_sum_reducer(self.ctx))
         optimizer.zero_grad(set_to_none=True)
@@ -244,12 +260,13 @@ def search(req: SearchRequest, ctx: DistContext | None = None) -> dict[str, Any]
         if ctx.is_main:
             write_json(out / SPLIT, {"weight_cases": weight_ids, "arch_cases": arch_ids})
             log.info(
-                "search on %d weight-set and %d architecture-set cases, sampling=%s, stem %d, %d epochs (+ up to %d "
-                "until stable) of %d weight and %d alpha steps (batch %d)",
+                "search on %d weight-set and %d architecture-set cases, sampling=%s, stem %d, %d warm-up and %d "
+                "epochs (+ up to %d until stable) of %d weight and %d alpha steps (batch %d)",
                 len(weight_ids),
                 len(arch_ids),
                 cfg.sampling,
                 cfg.stem_channels,
+                cfg.warmup_epochs,
                 cfg.epochs,
                 cfg.extra_epochs,
                 stage.steps,
@@ -260,7 +277,7 @@ def search(req: SearchRequest, ctx: DistContext | None = None) -> dict[str, Any]
             stage,
             out_dir=out,
             provenance=provenance,
-            epochs=cfg.epochs + cfg.extra_epochs,
+            epochs=cfg.warmup_epochs + cfg.epochs + cfg.extra_epochs,
             ctx=ctx,
             device=ctx.device,
             log_name=LOG,
@@ -270,7 +287,8 @@ def search(req: SearchRequest, ctx: DistContext | None = None) -> dict[str, Any]
         )
         if ctx.is_main:
             steps = sum(int(row["steps"]) for row in history)
-            result = diagnostics.summary(history, stage.alphas, weight_steps=steps, alpha_steps=steps)
+            alpha_steps = sum(int(row.get("alpha_steps", row["steps"])) for row in history)
+            result = diagnostics.summary(history, stage.alphas, weight_steps=steps, alpha_steps=alpha_steps)
             write_json(out / SUMMARY, result)
             if not result["converged"]:
                 log.warning(
