@@ -203,6 +203,23 @@ def test_temperature_anneals_from_start_to_end():
     assert temperature(cfg, 5) == temperature(cfg, 9) == 0.25  # extra epochs stay at tau.end
 
 
+def _tiny_search(task, tmp_path: Path, **search_settings) -> Path:
+    """Search fold 0 of the tiny task with two steps an epoch; returns its folder."""
+    settings = {
+        "stem_channels": 8,
+        "batch_size": 2,
+        "iterations_per_epoch": 2,
+        "amp": False,
+        "alpha_lr": 0.05,
+        "augmentation": NO_AUG,
+        "tau": {"start": 2.0, "end": 0.5},
+        **search_settings,
+    }
+    out = tmp_path / "search" / "fold_0"
+    search(SearchRequest(task["pre"], task["splits"], 0, out, task_settings({"search": settings}), task="t"))
+    return out
+
+
 def test_warmup_epochs_hold_tau_at_start_and_shift_the_schedules():
     cfg = task_settings(
         {"search": {"warmup_epochs": 2, "epochs": 5, "extra_epochs": 2, "tau": {"start": 4.0, "end": 0.25}}}
@@ -214,19 +231,7 @@ def test_warmup_epochs_hold_tau_at_start_and_shift_the_schedules():
 
 
 def test_a_warmup_trains_the_weights_and_leaves_alpha_alone(tiny_task, tmp_path):
-    settings = {
-        "stem_channels": 8,
-        "batch_size": 2,
-        "warmup_epochs": 2,
-        "epochs": 2,
-        "iterations_per_epoch": 2,
-        "amp": False,
-        "alpha_lr": 0.05,
-        "augmentation": NO_AUG,
-        "tau": {"start": 2.0, "end": 0.5},
-    }
-    out = tmp_path / "search" / "fold_0"
-    search(SearchRequest(tiny_task["pre"], tiny_task["splits"], 0, out, task_settings({"search": settings}), task="t"))
+    out = _tiny_search(tiny_task, tmp_path, warmup_epochs=2, epochs=2)
     rows = _log(out / "search_log.csv")
     assert [float(r["tau"]) for r in rows] == [2.0, 2.0, 2.0, 0.5]
     assert [int(r["alpha_steps"]) for r in rows] == [0, 0, 2, 2] and [float(r["alpha_lr"]) for r in rows[:2]] == [0, 0]
@@ -245,20 +250,7 @@ def test_alpha_lr_stays_through_the_schedule_and_decays_per_extra_epoch():
 
 
 def test_extra_epochs_continue_at_tau_end_until_the_genotype_is_stable(tiny_task, tmp_path):
-    settings = {
-        "stem_channels": 8,
-        "batch_size": 2,
-        "epochs": 2,
-        "extra_epochs": 6,
-        "iterations_per_epoch": 2,
-        "amp": False,
-        "alpha_lr": 0.05,
-        "extra_alpha_lr_factor": 0.5,
-        "augmentation": NO_AUG,
-        "tau": {"start": 2.0, "end": 0.5},
-    }
-    out = tmp_path / "search" / "fold_0"
-    search(SearchRequest(tiny_task["pre"], tiny_task["splits"], 0, out, task_settings({"search": settings}), task="t"))
+    out = _tiny_search(tiny_task, tmp_path, epochs=2, extra_epochs=6, extra_alpha_lr_factor=0.5)
     rows = _log(out / "search_log.csv")
     genotypes = [r["genotype"] for r in rows]
     assert 2 <= len(rows) <= 8
