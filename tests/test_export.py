@@ -164,6 +164,25 @@ def test_export_copies_the_small_outputs_only(tmp_path):
     assert (out / "config" / "study.yaml").is_file()  # outside the task folders: kept
 
 
+def test_the_code_state_leaves_the_exports_own_folder_out(tmp_path):
+    from scnas.report.export import git_state
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "STUDY.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    (tmp_path / "studies" / "STUDY.json").write_text('{"new": 1}')
+    assert git_state(tmp_path, exclude=tmp_path / "studies")["modified"] is False
+    assert git_state(tmp_path)["modified"] is True
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_state(tmp_path, exclude=tmp_path / "studies")["modified"] is True
+
+
 def test_export_refuses_what_it_cannot_use_in_one_line(tmp_path):
     for args, message in (
         (["--results", str(tmp_path / "none")], "results folder not found"),

@@ -65,12 +65,16 @@ def files_to_export(results: Path) -> list[Path]:
     return sorted(out)
 
 
-def git_state(repo: Path) -> dict:
-    """The commit checked out in `repo` and whether tracked files differ from it (None outside git)."""
+def git_state(repo: Path, exclude: Path | None = None) -> dict:
+    """The commit checked out in `repo` and whether tracked files differ from it (None outside git), not
+    counting those under `exclude` (an export's own folder, which each export changes)."""
+    skip = []
+    if exclude is not None and Path(exclude).resolve().is_relative_to(Path(repo).resolve()):
+        skip = ["--", ".", f":(exclude){Path(exclude).resolve().relative_to(Path(repo).resolve()).as_posix()}"]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", *skip],
             cwd=repo,
             capture_output=True,
             text=True,
@@ -174,7 +178,7 @@ def export_study(
     record = {
         "exported": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "results": results.name,
-        "code": git_state(repo),
+        "code": git_state(repo, exclude=out),
         "configs": [Path(c).name for c in configs],
         "machine": {
             "platform": platform.platform(),
