@@ -17,11 +17,10 @@ import pandas as pd
 from scnas.errors import ScnasError
 from scnas.evaluation.tables import DEFAULT_MODEL_NAMES
 from scnas.io import read_json, write_text
-from scnas.layout import MODEL_INFO, RANDOM_RUN, SEARCH
+from scnas.layout import MODEL_INFO, RANDOM_RUN, SEARCH, SEARCH_SUMMARY
 
 TRAINING_LOG = "training_log.csv"
 SEARCH_LOG = "search_log.csv"
-SEARCH_SUMMARY = "search_summary.json"
 COLUMNS = [
     "task",
     "model",

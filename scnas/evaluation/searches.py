@@ -18,13 +18,11 @@ from typing import Sequence
 
 from scnas.errors import ScnasError
 from scnas.io import read_json
-from scnas.layout import FOLD_DIR, GENOTYPE, RANDOM_RUN, SEARCH
+from scnas.layout import ALPHA_HISTORY, FOLD_DIR, GENOTYPE, RANDOM_RUN, SEARCH, SEARCH_SUMMARY
 from scnas.nas.cells import CELL_TYPES
 from scnas.nas.genotype import Genotype, load_genotype
 from scnas.nas.operations import OPERATIONS
 
-SUMMARY = "search_summary.json"
-ALPHAS = "alpha_history.json"
 DECIDED_MARGIN = 0.1
 """An edge is decided when its two most likely operations are at least this far apart in probability."""
 
@@ -61,24 +59,24 @@ def operation_counts(genotypes: Sequence[Genotype]) -> dict[str, float]:
 
 
 def _decided(folder: Path) -> str:
-    if not (folder / ALPHAS).is_file():
+    if not (folder / ALPHA_HISTORY).is_file():
         return "-"
     try:
-        last = read_json(folder / ALPHAS)[-1]["softmax_alpha"]
+        last = read_json(folder / ALPHA_HISTORY)[-1]["softmax_alpha"]
         total = sum(len(edges) for edges in last.values())
         return f"{decided_edges(last)} of {total}"
     except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
-        raise ScnasError(f"{folder / ALPHAS}: not a readable alpha history ({type(e).__name__}: {e})") from None
+        raise ScnasError(f"{folder / ALPHA_HISTORY}: not a readable alpha history ({type(e).__name__}: {e})") from None
 
 
 def _fold_rows(task_dir: Path) -> tuple[list[str], list[Genotype], list[int]]:
     rows, genotypes, searched = [], [], []
     folds = sorted((int(m.group(1)), p) for p in (task_dir / SEARCH).glob("fold_*") if (m := FOLD_DIR.match(p.name)))
     for fold, folder in folds:
-        if not (folder / SUMMARY).is_file() or not (folder / GENOTYPE).is_file():
+        if not (folder / SEARCH_SUMMARY).is_file() or not (folder / GENOTYPE).is_file():
             continue
         try:
-            data = read_json(folder / SUMMARY)
+            data = read_json(folder / SEARCH_SUMMARY)
             final = data["final"]
             entropy = sum(f["entropy"] for f in final.values()) / len(final)
             per_cell = ", ".join(f"{c.split('_')[0]} {final[c]['max_prob']:.3f}" for c in CELL_TYPES if c in final)
@@ -88,7 +86,9 @@ def _fold_rows(task_dir: Path) -> tuple[list[str], list[Genotype], list[int]]:
                 f"{data['mean_max_prob']:.3f} ({per_cell}) | {_decided(folder)} |"
             )
         except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as e:
-            raise ScnasError(f"{folder / SUMMARY}: not a readable search summary ({type(e).__name__}: {e})") from None
+            raise ScnasError(
+                f"{folder / SEARCH_SUMMARY}: not a readable search summary ({type(e).__name__}: {e})"
+            ) from None
         genotypes.append(load_genotype(folder / GENOTYPE))
         searched.append(fold)
     return rows, genotypes, searched
@@ -116,9 +116,7 @@ def search_report(task_dir: Path) -> str:
             f"operation between two folds (mean over pairs), {100 * unanimous:.1f} % in every fold."
         )
     draws = [
-        load_genotype(p)
-        for p in sorted(Path(task_dir).glob("random_*/" + GENOTYPE))
-        if RANDOM_RUN.match(p.parent.name)
+        load_genotype(p) for p in sorted(Path(task_dir).glob("random_*/" + GENOTYPE)) if RANDOM_RUN.match(p.parent.name)
     ]
     if len(draws) > 1:
         pairwise, unanimous = agreement(draws)

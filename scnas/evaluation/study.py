@@ -15,7 +15,7 @@ from scnas.evaluation.costs import cost_table, model_info, write_cost_table
 from scnas.evaluation.metrics import incomplete_reason
 from scnas.evaluation.tables import DEFAULT_MODEL_NAMES, cv_table, pool_draws, write_tables
 from scnas.io import read_json
-from scnas.layout import FOLD_DIR, METRICS, MODEL_INFO, SEARCH, model_of
+from scnas.layout import FOLD_DIR, METRICS, MODEL_INFO, SEARCH, SEARCH_SUMMARY, model_of
 
 log = logging.getLogger(__name__)
 Found = dict[tuple[str, str], list[Path]]
@@ -117,7 +117,7 @@ def search_notes(found: Found) -> list[str]:
             continue
         states = []
         for path in paths:
-            summary = path.parent.parent.parent / SEARCH / path.parent.name / "search_summary.json"
+            summary = path.parent.parent.parent / SEARCH / path.parent.name / SEARCH_SUMMARY
             if not summary.is_file():
                 continue
             try:

@@ -69,8 +69,9 @@ def git_state(repo: Path, exclude: Path | None = None) -> dict:
     """The commit checked out in `repo` and whether tracked files differ from it (None outside git), not
     counting those under `exclude` (an export's own folder, which each export changes)."""
     skip = []
-    if exclude is not None and Path(exclude).resolve().is_relative_to(Path(repo).resolve()):
-        skip = ["--", ".", f":(exclude){Path(exclude).resolve().relative_to(Path(repo).resolve()).as_posix()}"]
+    root = Path(repo).resolve()
+    if exclude is not None and Path(exclude).resolve().is_relative_to(root):
+        skip = ["--", ".", f":(exclude){Path(exclude).resolve().relative_to(root).as_posix()}"]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
         status = subprocess.run(
@@ -114,7 +115,7 @@ def _copy(source: Path, target: Path, places: Sequence[tuple[str, str]]) -> None
     write_text(target, text)
 
 
-def _remove_stale(out: Path, folders: Sequence[Path], written: Sequence[Path]) -> None:
+def _remove_stale(folders: Sequence[Path], written: Sequence[Path]) -> None:
     """Delete what an earlier export left in `folders` that this one did not write (a rerun's old logs)."""
     keep = {p.resolve() for p in written}
     try:
@@ -172,7 +173,7 @@ def export_study(
         if report:
             write_text(out / task / "searches.md", report)
             written.append(out / task / "searches.md")
-    _remove_stale(out, [out / task for task in tasks], written)
+    _remove_stale([out / task for task in tasks], written)
     import torch
 
     record = {

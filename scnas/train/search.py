@@ -27,7 +27,7 @@ from scnas.data.sampler import PatchSampler, prefetch
 from scnas.data.splits import split_for_search
 from scnas.fingerprint import Provenance
 from scnas.io import read_json, write_json
-from scnas.layout import GENOTYPE
+from scnas.layout import ALPHA_HISTORY, GENOTYPE, SEARCH_LOG, SEARCH_SUMMARY
 from scnas.nas import SearchNetwork, diagnostics
 from scnas.nas.genotype import save_genotype
 from scnas.train.distributed import DistContext, init_distributed
@@ -47,10 +47,7 @@ from scnas.train.training import fold_fingerprint
 
 log = logging.getLogger("scnas.search")
 
-LOG = "search_log.csv"
-ALPHAS = "alpha_history.json"
 SPLIT = "search_split.json"
-SUMMARY = "search_summary.json"
 
 
 @dataclass(frozen=True)
@@ -249,7 +246,7 @@ def search(req: SearchRequest, ctx: DistContext | None = None) -> dict[str, Any]
     seed = req.settings.seed * 1000 + req.fold
     weight_ids, arch_ids = split_for_search(train_ids, cfg.arch_fraction, seed)
     genotype_path = out / GENOTYPE
-    with output_lock(ctx, out, "search", [GENOTYPE, LOG, ALPHAS, SPLIT, SUMMARY]):
+    with output_lock(ctx, out, "search", [GENOTYPE, SEARCH_LOG, ALPHA_HISTORY, SPLIT, SEARCH_SUMMARY]):
         if genotype_path.exists() and reusable(
             _genotype_provenance(genotype_path), provenance, genotype_path, "searching"
         ):
@@ -280,16 +277,16 @@ def search(req: SearchRequest, ctx: DistContext | None = None) -> dict[str, Any]
             epochs=cfg.warmup_epochs + cfg.epochs + cfg.extra_epochs,
             ctx=ctx,
             device=ctx.device,
-            log_name=LOG,
+            log_name=SEARCH_LOG,
             checked=("weight_loss", "arch_loss"),
             describe=_describe_row,
-            after_epoch=lambda _: write_json(out / ALPHAS, stage.alphas),
+            after_epoch=lambda _: write_json(out / ALPHA_HISTORY, stage.alphas),
         )
         if ctx.is_main:
             steps = sum(int(row["steps"]) for row in history)
             alpha_steps = sum(int(row.get("alpha_steps", row["steps"])) for row in history)
             result = diagnostics.summary(history, stage.alphas, weight_steps=steps, alpha_steps=alpha_steps)
-            write_json(out / SUMMARY, result)
+            write_json(out / SEARCH_SUMMARY, result)
             if not result["converged"]:
                 log.warning(
                     "the genotype was still changing in the last %d%% of the epochs (stable since epoch %d of %d): "

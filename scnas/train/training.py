@@ -1,9 +1,9 @@
 """Train one model on one fold with the paper's retrain recipe (U-ResNet baseline and SCNAS networks).
 
 Adam (lr 3e-4, betas 0.9/0.999), Jaccard loss, lr x 0.2 after 30 epochs without training-loss
-improvement (or nnU-Net's poly schedule, `train.schedule: poly`), stop at 500 epochs or once lr < 1e-7. The fold's model is its final checkpoint (no model
-selection on the fold's validation cases); it records the provenance of the run, and a rerun with
-identical settings reuses it.
+improvement (or nnU-Net's poly schedule, `train.schedule: poly`), stop at 500 epochs or once lr < 1e-7.
+The fold's model is its final checkpoint (no model selection on the fold's validation cases); it records
+the provenance of the run, and a rerun with identical settings reuses it.
 """
 
 from __future__ import annotations
@@ -90,7 +90,9 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
     """The epoch-wise lr schedule `train.schedule` names."""
     if cfg.schedule == "poly":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: poly_factor(epoch, cfg.max_epochs))
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.patience)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.patience
+    )
 
 
 class _Training:
