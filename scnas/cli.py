@@ -396,6 +396,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         [Path(c) for c in args.configs],
         note=args.note,
         data_roots=[Path(d) for d in args.data_root],
+        merge=args.merge,
     )
     log.info("exported %d files from %s to %s", len(written), args.results, args.out)
 
@@ -840,7 +841,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "export",
         "copy a study's small outputs (tables, genotypes, logs, metrics, figures; no checkpoints) to a folder",
-        "scnas export --results results-study --out studies/hippocampus --configs config/hippocampus-study.yaml",
+        "scnas export --results results-study --out studies/hippocampus --configs config/hippocampus-study.yaml\n"
+        "scnas export --results results-fold1 --out studies/hippocampus \\\n"
+        "    --configs config/hippocampus-study.yaml --merge",
         cmd_export,
     )
     p.add_argument("--results", required=True, help="the study's results folder")
@@ -855,6 +858,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="DIR",
         help="a data folder the study read, written as DATA_ROOT in the copies; repeat for several (default: none)",
+    )
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="RESULTS is a part of the study in DIR (its folds, run elsewhere with the same settings): add its "
+        "folds, keep the others, draw the tables and the figures spanning folds anew",
     )
     _common(p, config=False)
 

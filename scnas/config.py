@@ -296,6 +296,10 @@ class Config:
             for run in ([f"{RANDOM}_{k}" for k in range(self.random_draws)] if m == RANDOM else [m])
         )
 
+    def reference_folds(self, task: str) -> tuple[int, ...]:
+        """The folds the nnU-Net reference runs on: the task's nnunet_folds among the folds being run."""
+        return tuple(k for k in self.task(task).nnunet_folds if k in self.folds)
+
 
 def steps_per_epoch(iterations: int | str, cases: int, batch_size: int) -> int:
     """Steps in one epoch: a fixed count, or (`auto`) one pass over `cases` at the batch size, as the paper

@@ -100,13 +100,21 @@ def test_the_reference_is_a_model_folder_of_the_dag(tmp_path):
     assert counts["nnunet_prepare"] == 1 and counts["nnunet_train"] == 2
     assert counts["evaluate"] == 5 + 2 and counts["predict"] == 5
     assert "Task04_Hippocampus/nnunet/fold_2/predictions/predictions.json" in result.stdout
-    # A study in parts: `--config folds=[0]` (Snakemake hands its items over as strings) narrows both.
+    # A study in parts: `--config folds=[0]` (Snakemake hands its items over as strings) narrows the
+    # models' folds and the reference's alike.
     result = snakemake(
         "-n", "--cores", "2", "--configfiles", "config.yaml", str(tmp_path / "study.yaml"), "--config", "folds=[0]"
     )
     assert result.returncode == 0, result.stdout + result.stderr
     counts = job_counts(result.stdout)
-    assert counts["train"] == 1 and counts["nnunet_train"] == 2 and counts["evaluate"] == 3
+    assert counts["train"] == 1 and counts["nnunet_train"] == 1 and counts["evaluate"] == 2
+    assert "nnunet/fold_2" not in result.stdout
+    result = snakemake(
+        "-n", "--cores", "2", "--configfiles", "config.yaml", str(tmp_path / "study.yaml"), "--config", "folds=[1]"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["train"] == 1 and "nnunet_train" not in counts and "nnunet_prepare" not in counts
     bad = {**config, "tasks": {"Task04_Hippocampus": {**config["tasks"]["Task04_Hippocampus"], "nnunet_folds": [5]}}}
     (tmp_path / "bad.yaml").write_text(json.dumps(bad))
     result = snakemake("-n", "--cores", "1", "--configfiles", "config.yaml", str(tmp_path / "bad.yaml"))

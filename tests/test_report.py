@@ -461,3 +461,67 @@ def test_status_of_a_finished_study_is_fast_and_imports_no_torch(study):
     grid = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines() if line.startswith("  ")}
     assert grid["search"] == ["done", "done"] and all(grid[r] == ["done", "done"] for r in RUNS)
     assert f"{len(FOLDS) * (len(RUNS) + 1)} done" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def _part(study: Path, root: Path, fold: int) -> Path:
+    """The study as if only `fold` had run (in a results folder of its own), with its own tables."""
+    from scnas.evaluation.study import find_metrics, write_study_tables
+
+    part = root / f"results-fold{fold}"
+    shutil.copytree(study, part)
+    for other in {k for k in FOLDS if k != fold}:
+        for path in sorted(part.rglob(f"*fold_{other}*"), reverse=True):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    layout = Layout(str(part))
+    write_study_tables(find_metrics(part), Path(layout.cv_table(TASK)))
+    write_study_tables(find_metrics(part), Path(layout.cv_table()))
+    return part
+
+
+def test_a_study_run_in_parts_merges_into_the_export_of_the_whole(study, tmp_path):
+    from scnas.report.export import export_study
+
+    whole, merged = tmp_path / "whole", tmp_path / "merged"
+    export_study(study, whole, [])
+    config = tmp_path / "study.yaml"
+    config.write_text("seed: 0\n")
+    export_study(_part(study, tmp_path, 0), merged, [config], note="fold 0")
+    assert not (merged / TASK / "search" / "fold_1").exists()
+    (merged / TASK / "uresnet" / "fold_1" / "old.log").parent.mkdir(parents=True)
+    (merged / TASK / "uresnet" / "fold_1" / "old.log").write_text("an earlier export of fold 1")
+    second = _part(study, tmp_path, 1)
+    export_study(second, merged, [config], note="fold 1", merge=True)
+    # the tables of the two parts together are those of the whole study, to the byte
+    tables = sorted(p.name for p in (whole / TASK).glob("cv_table*"))
+    assert len(tables) == 8 and tables == sorted(p.name for p in (merged / TASK).glob("cv_table*"))
+    for name in tables:
+        assert (merged / TASK / name).read_text() == (whole / TASK / name).read_text(), name
+        assert (merged / name).read_text() == (whole / name).read_text(), name
+    for k in FOLDS:
+        for run in RUNS:
+            assert (merged / TASK / run / f"fold_{k}" / "metrics.csv").read_bytes() == (
+                study / TASK / run / f"fold_{k}" / "metrics.csv"
+            ).read_bytes()
+    assert not (merged / TASK / "uresnet" / "fold_1" / "old.log").exists()
+    assert (merged / TASK / "searches.md").read_text() == (whole / TASK / "searches.md").read_text()
+    # figures spanning the folds drawn from the small outputs; nothing an export leaves out
+    figures = Figures(str(merged))
+    for path in [figures.agreement(TASK), figures.training_task(TASK), figures.dice(TASK), figures.costs(TASK)]:
+        assert_figure(path)
+    assert all(Path(figures.training(TASK, r, k)).is_file() for r in RUNS for k in FOLDS)
+    assert not list(merged.rglob("*.svg")) and not list(merged.rglob("*.html"))
+    record = json.loads((merged / "STUDY.json").read_text())
+    assert record["folds"] == [1] and record["merged"] is True
+    assert [(e["note"], e["folds"]) for e in record["earlier_exports"]] == [("fold 0", [0])]
+    # a part from other settings (its splits differ) is refused in one line, before anything is written
+    (second / TASK / "splits_final.json").write_text("[]")
+    before = {p: p.read_bytes() for p in merged.rglob("*") if p.is_file()}
+    with pytest.raises(ScnasError, match=r"splits_final.json: differs from the study's .*cannot join it"):
+        export_study(second, merged, [config], merge=True)
+    config.write_text("seed: 1\n")
+    with pytest.raises(ScnasError, match=r"study.yaml: differs from the study's"):
+        export_study(_part(study, tmp_path / "again", 1), merged, [config], merge=True)
+    assert before == {p: p.read_bytes() for p in merged.rglob("*") if p.is_file()}

@@ -17,10 +17,8 @@ import pandas as pd
 from scnas.errors import ScnasError
 from scnas.evaluation.tables import DEFAULT_MODEL_NAMES
 from scnas.io import read_json, write_text
-from scnas.layout import MODEL_INFO, RANDOM_RUN, SEARCH, SEARCH_SUMMARY
+from scnas.layout import MODEL_INFO, RANDOM_RUN, SEARCH, SEARCH_LOG, SEARCH_SUMMARY, TRAINING_LOG
 
-TRAINING_LOG = "training_log.csv"
-SEARCH_LOG = "search_log.csv"
 COLUMNS = [
     "task",
     "model",
@@ -57,6 +55,11 @@ def parameter_count(spec: Mapping) -> int:
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 
+def model_parameters(info: Mapping) -> int:
+    """Trainable parameters of a model.json: as recorded, else counted from its spec."""
+    return int(info["parameters"]) if "parameters" in info else parameter_count(info["spec"])
+
+
 def _read_log(path: Path) -> pd.DataFrame:
     try:
         log = pd.read_csv(path)
@@ -87,7 +90,7 @@ def run_costs(task: str, run: str, metrics: Sequence[Path]) -> dict:
             info, fold_gflops, width, _ = model_info(info_path)
             widths.add(width)
             gflops.append(fold_gflops)
-            params.append(int(info["parameters"]) if "parameters" in info else parameter_count(info["spec"]))
+            params.append(model_parameters(info))
         if (fold_dir / TRAINING_LOG).is_file():
             log = _read_log(fold_dir / TRAINING_LOG)
             train_s.append(float(log["seconds"].sum()))

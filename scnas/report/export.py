@@ -7,20 +7,29 @@ nnU-Net's data folders. Paths of the machine that ran the study are written rela
 as its name, each data root given as DATA_ROOT, so the copies say where things were in the study, not
 on whose disk. Beside them: STUDY.json (the commit and settings that made the results, when and
 where) and, per task, searches.md (how each fold's search ended and how far the folds agree).
+
+A study run in parts in different places (a results folder per fold, on machines that do not keep
+them) is assembled with merge: each part adds its folds to the folder, which must come from the same
+settings (config files, dataset check, splits, plans, random genotypes), and the tables, searches.md and
+the figures spanning folds are drawn anew from the folder's small outputs.
 """
 
 from __future__ import annotations
 
 import datetime
 import fnmatch
+import logging
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Sequence
 
 from scnas.errors import ScnasError, describe_os_error
 from scnas.io import read_json, write_json, write_text
-from scnas.layout import NNUNET, NNUNET_FOLDERS, SEARCH
+from scnas.layout import FOLD_DIR, NNUNET, NNUNET_FOLDERS, SEARCH, Layout
+
+log = logging.getLogger("scnas.report")
 
 KEEP = (
     "cv_table*",
@@ -45,6 +54,26 @@ KEEP = (
     f"*/{NNUNET}/{NNUNET_FOLDERS}/nnUNet_results/*/*/fold_*/training_log_*.txt",
 )
 """Glob patterns, relative to the results folder, of what is exported."""
+
+
+SHARED = ("check.json", "splits_final.json", "preprocessed/plans.json", "random_*/genotype.json")
+"""Per task, what every part of a study must hold alike (relative to the task folder)."""
+
+REDRAWN = ("cv_table*", "*/cv_table*", "*/searches.md", "*/report/*.png", "*/report/*/*.png", "*/report/*/*/*.png")
+"""What a merge draws anew rather than copies (a part's overlays, which need the images, excepted)."""
+
+FOLD_NAME = re.compile(r"(?:^|_)fold_(\d+)$")
+
+
+def fold_of(rel: Path) -> int | None:
+    """The fold an exported file belongs to (a fold_K folder on its path, or a name ending in fold_K), or
+    None for what spans the folds (tables, plans, splits, figures of every fold)."""
+    for part in rel.parts[:-1]:
+        m = FOLD_DIR.match(part)
+        if m:
+            return int(m.group(1))
+    m = FOLD_NAME.search(Path(rel.name).stem)
+    return int(m.group(1)) if m else None
 
 
 def _matches(rel: str, pattern: str) -> bool:
@@ -105,23 +134,84 @@ def relative_places(results: Path, data_roots: Sequence[Path] = ()) -> list[tupl
     return sorted(places.items(), key=lambda item: -len(item[0]))
 
 
+def _relative(source: Path, places: Sequence[tuple[str, str]]) -> bytes:
+    """The bytes `source` is exported as: text with the machine's paths made relative, anything else as is."""
+    if source.suffix not in TEXT:
+        return source.read_bytes()
+    text = source.read_text(errors="replace")
+    for path, name in places:
+        text = text.replace(path, name)
+    return text.encode()
+
+
 def _copy(source: Path, target: Path, places: Sequence[tuple[str, str]]) -> None:
     if source.suffix not in TEXT:
         target.write_bytes(source.read_bytes())
         return
-    text = source.read_text(errors="replace")
-    for path, name in places:
-        text = text.replace(path, name)
-    write_text(target, text)
+    write_text(target, _relative(source, places).decode())
 
 
-def _remove_stale(folders: Sequence[Path], written: Sequence[Path]) -> None:
-    """Delete what an earlier export left in `folders` that this one did not write (a rerun's old logs)."""
+def _check_same_settings(
+    results: Path, out: Path, files: Sequence[Path], configs: Sequence[Path], places: Sequence[tuple[str, str]]
+) -> None:
+    """A part joins a study only when what every part shares (SHARED, the config files) is the same."""
+    shared = [rel for rel in files if len(rel.parts) > 1 and any(_matches(rel.as_posix(), f"*/{p}") for p in SHARED)]
+    pairs = [(results / rel, out / rel) for rel in shared] + [(Path(c), out / "config" / Path(c).name) for c in configs]
+    try:
+        for source, target in pairs:
+            if target.is_file() and _relative(source, places) != target.read_bytes():
+                raise ScnasError(
+                    f"{source}: differs from the study's {target}: a part run with other settings cannot join it"
+                )
+    except OSError as e:
+        raise ScnasError(describe_os_error(e)) from None
+
+
+def redraw(out: Path, tasks: Sequence[str]) -> list[Path]:
+    """The tables, searches.md and the figures spanning folds, drawn from `out`'s small outputs alone (the
+    per-fold figures of search and training are drawn again alike; a fold counts as trained once evaluated)."""
+    from scnas.evaluation.searches import search_report
+    from scnas.evaluation.study import find_metrics, write_study_tables
+    from scnas.layout import GENOTYPE, SUMMARY
+    from scnas.report.dot import DOT_MISSING, have_dot
+    from scnas.report.readers import fold_folders, task_runs
+    from scnas.report.study import draw_search, draw_summary, draw_training
+
+    if not have_dot():
+        log.warning("the merged study's cell diagrams are not drawn again: %s", DOT_MISSING)
+    written: list[Path] = []
+    for task in tasks:
+        task_dir = out / task
+        report = search_report(task_dir)
+        if report:
+            write_text(task_dir / "searches.md", report)
+            written.append(task_dir / "searches.md")
+        if any((p / GENOTYPE).is_file() for p in fold_folders(task_dir / SEARCH).values()):
+            written += map(Path, draw_search(out, task, cells=have_dot()))
+        found = find_metrics(out, tasks=[task])
+        if not found:
+            continue
+        written += write_study_tables(found, Path(Layout(str(out)).cv_table(task)))
+        runs = [r for r in task_runs(task_dir) if r != NNUNET]
+        trained = [r for r in runs if any((p / SUMMARY).is_file() for p in fold_folders(task_dir / r).values())]
+        if trained:
+            written += map(Path, draw_training(out, task, runs=trained, done=SUMMARY))
+        written += map(Path, draw_summary(out, task, html=False))
+    found = find_metrics(out)
+    if found:
+        written += write_study_tables(found, Path(Layout(str(out)).cv_table()))
+    return written
+
+
+def _remove_stale(folders: Sequence[Path], written: Sequence[Path], folds: set[int] | None = None) -> None:
+    """Delete what an earlier export left in `folders` that this one did not write (a rerun's old logs);
+    with `folds`, only the files of those folds."""
     keep = {p.resolve() for p in written}
     try:
         for folder in folders:
             for path in sorted(folder.rglob("*"), reverse=True):
-                if path.is_file() and path.resolve() not in keep:
+                ours = folds is None or fold_of(path.relative_to(folder)) in folds
+                if path.is_file() and path.resolve() not in keep and ours:
                     path.unlink()
                 elif path.is_dir() and not any(path.iterdir()):
                     path.rmdir()
@@ -136,10 +226,13 @@ def export_study(
     repo: Path = SOURCE,
     note: str = "",
     data_roots: Sequence[Path] = (),
+    merge: bool = False,
 ) -> list[Path]:
     """Copy the small outputs of `results` into `out` (replacing what an earlier export wrote there, and
     removing its files that `results` no longer has), with the config files under out/config/, STUDY.json
-    and each task's searches.md; returns what was written. Machine paths become relative (`relative_places`)."""
+    and each task's searches.md; returns what was written. Machine paths become relative (`relative_places`).
+    With merge, `results` is a part of the study in `out`: its folds replace those folds there, the other
+    folds stay, and the tables and the figures spanning folds are drawn anew (`redraw`)."""
     from scnas.evaluation.searches import search_report
 
     results, out = Path(results), Path(out)
@@ -152,6 +245,16 @@ def export_study(
     places = relative_places(results, data_roots)
     if not files:
         raise ScnasError(f"{results}: nothing to export (no tables, metrics or logs found)")
+    tasks = sorted({rel.parts[0] for rel in files if len(rel.parts) > 1 and (results / rel.parts[0]).is_dir()})
+    folds = {k for k in map(fold_of, files) if k is not None}
+    if merge:
+        _check_same_settings(results, out, files, configs, places)
+        files = [
+            rel
+            for rel in files
+            if fold_of(rel) is not None
+            or not ((out / rel).is_file() or any(_matches(rel.as_posix(), p) for p in REDRAWN))
+        ]
     written = []
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -165,15 +268,23 @@ def export_study(
             target.parent.mkdir(parents=True, exist_ok=True)
             _copy(Path(config), target, places)
             written.append(target)
+        if merge:
+            _remove_stale([out / task for task in tasks], written, folds)
+            for path in redraw(out, tasks):
+                rel = path.relative_to(out).as_posix()
+                if path.name == "searches.md" or any(_matches(rel, pattern) for pattern in KEEP):
+                    written.append(path)
+                else:
+                    path.unlink()  # what an export leaves out (the diagrams' SVG)
+        else:
+            for task in tasks:
+                report = search_report(results / task)
+                if report:
+                    write_text(out / task / "searches.md", report)
+                    written.append(out / task / "searches.md")
+            _remove_stale([out / task for task in tasks], written)
     except OSError as e:
         raise ScnasError(describe_os_error(e)) from None
-    tasks = sorted({rel.parts[0] for rel in files if len(rel.parts) > 1 and (results / rel.parts[0]).is_dir()})
-    for task in tasks:
-        report = search_report(results / task)
-        if report:
-            write_text(out / task / "searches.md", report)
-            written.append(out / task / "searches.md")
-    _remove_stale([out / task for task in tasks], written)
     import torch
 
     record = {
@@ -188,13 +299,15 @@ def export_study(
             "torch": torch.__version__,
         },
         "note": note,
+        "folds": sorted(folds),
+        "merged": merge,
         "files": len(written),
     }
     previous = out / "STUDY.json"
     if previous.is_file():
         old = read_json(previous)
         record["earlier_exports"] = old.get("earlier_exports", []) + [
-            {k: old.get(k) for k in ("exported", "code", "note")}
+            {k: old.get(k) for k in ("exported", "code", "note", "folds") if k in old}
         ]
     write_json(previous, record)
     return [*written, previous]

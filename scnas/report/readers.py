@@ -12,9 +12,8 @@ import pandas as pd
 
 from scnas.errors import ScnasError, os_error_cause
 from scnas.evaluation.tables import DEFAULT_MODEL_NAMES
-from scnas.layout import ALPHA_HISTORY, FOLD_DIR, RANDOM_RUN, SEARCH, SEARCH_LOG, model_of
+from scnas.layout import ALPHA_HISTORY, FOLD_DIR, RANDOM_RUN, SEARCH, SEARCH_LOG, TRAINING_LOG, model_of
 
-TRAINING_LOG = "training_log.csv"
 RUN_ORDER = ("uresnet", "scnas", "scnas_transfer", "random")
 CELL_KEYS = ("entropy", "max_prob", "argmax_changes")
 

@@ -27,7 +27,9 @@ from scnas.layout import (
     PREDICTIONS,
     RANDOM_RUN,
     SEARCH,
+    SEARCH_LOG,
     SUMMARY,
+    TRAINING_LOG,
     Layout,
 )
 from scnas.locking import LOCK_NAME
@@ -146,7 +148,7 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
 
 
 def _epoch_seconds(stage: StageFiles) -> list[float]:
-    name = "search_log.csv" if stage.name == "search" else "training_log.csv"
+    name = SEARCH_LOG if stage.name == "search" else TRAINING_LOG
     try:
         with open(stage.lock_dir / name, newline="") as f:
             return [float(row["seconds"]) for row in csv.DictReader(f) if row.get("seconds")]

@@ -131,8 +131,10 @@ def draw_training(
     runs: Sequence[str] | None = None,
     folds: Sequence[int] | None = None,
     out: str | os.PathLike | None = None,
+    done: str = CHECKPOINT,
 ) -> list[str]:
-    """Every trained fold's curves, and one figure with every fold of every model."""
+    """Every trained fold's curves, and one figure with every fold of every model. A fold counts as
+    trained when it holds `done` (an export, which has no checkpoints, names another file)."""
     from scnas.report.training import plot_training_fold, plot_training_task
 
     task_dir = _task_dir(results, task)
@@ -141,14 +143,14 @@ def draw_training(
     written = []
     chosen: dict[str, dict[int, Path]] = {}
     for run in runs:
-        ks = _folds_with(task_dir / run, CHECKPOINT, folds, "training curves")
+        ks = _folds_with(task_dir / run, done, folds, "training curves")
         chosen[run] = {k: task_dir / run / f"fold_{k}" for k in ks}
         for k, folder in chosen[run].items():
             written.append(
                 plot_training_fold(folder, figures.training(task, run, k), f"{task}: {run_label(run)}, fold {k}")
             )
     if not any(chosen.values()):
-        raise ScnasError(f"{task_dir}: no trained fold (MODEL/fold_K/{CHECKPOINT})")
+        raise ScnasError(f"{task_dir}: no trained fold (MODEL/fold_K/{done})")
     written.append(plot_training_task(chosen, figures.training_task(task), f"{task}: training loss of every fold"))
     return written
 
@@ -175,18 +177,22 @@ def draw_overlays(
     return [plot_overlays(task_dir, k, figures.overlays(task, k), dataset, f"{task} fold {k}") for k in folds]
 
 
-def draw_summary(results: str | os.PathLike, task: str, out: str | os.PathLike | None = None) -> list[str]:
-    """Per-case Dice box plots, the cost per model, and the task's CV table as HTML."""
+def draw_summary(
+    results: str | os.PathLike, task: str, out: str | os.PathLike | None = None, html: bool = True
+) -> list[str]:
+    """Per-case Dice box plots, the cost per model, and (html) the task's CV table as HTML."""
     from scnas.report.summary import plot_costs, plot_dice_boxes, table_html
 
     task_dir = _task_dir(results, task)
     figures = Figures(str(out or results))
     layout = Layout(str(results))
-    return [
+    drawn = [
         plot_dice_boxes(task_dir, figures.dice(task), f"{task}: Dice per validation case, all folds"),
         plot_costs(task_dir, figures.costs(task), f"{task}: cost per model"),
-        table_html(layout.cv_table(task), figures.table(task), f"{task}: cross-validation Dice"),
     ]
+    if html:
+        drawn.append(table_html(layout.cv_table(task), figures.table(task), f"{task}: cross-validation Dice"))
+    return drawn
 
 
 def draw_study_table(results: str | os.PathLike, out: str | os.PathLike | None = None) -> str:

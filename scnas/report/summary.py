@@ -15,7 +15,7 @@ import pandas as pd
 
 from scnas.errors import ScnasError
 from scnas.io import write_text
-from scnas.layout import CHECKPOINT, GENOTYPE, SEARCH, model_of
+from scnas.layout import CHECKPOINT, GENOTYPE, SEARCH, SUMMARY, model_of
 from scnas.report import style
 from scnas.report.readers import (
     fold_folders,
@@ -97,14 +97,6 @@ class Cost:
     train_s: list[float] = field(default_factory=list)
 
 
-def parameter_count(checkpoint: str | os.PathLike) -> int:
-    """Trainable numbers in a final checkpoint's state dict (its floating-point tensors)."""
-    from scnas.train.checkpoint import load_model_checkpoint
-
-    state = load_model_checkpoint(checkpoint)["state_dict"]
-    return int(sum(t.numel() for t in state.values() if t.is_floating_point()))
-
-
 def search_seconds(results: str | os.PathLike, task: str) -> dict[int, float]:
     """fold -> wall-clock seconds of the task's search of that fold (the sum of its epochs)."""
     folders = fold_folders(Path(results) / task / SEARCH)
@@ -121,25 +113,28 @@ def source_search(results: Path, spec_genotype: dict) -> tuple[str, int] | None:
 
 
 def task_costs(task_dir: str | os.PathLike) -> dict[str, Cost]:
-    """model -> its cost on the task, from model.json, the checkpoints and the search and training logs."""
+    """model -> its cost on the task, from model.json and the search and training logs of every trained fold
+    (one with its final checkpoint, or evaluated: an export keeps no checkpoints)."""
+    from scnas.evaluation.costs import model_parameters
+
     task_dir = Path(task_dir)
     results = task_dir.parent
     own_search = search_seconds(results, task_dir.name)
     costs: dict[str, Cost] = defaultdict(Cost)
-    counted: dict[str, int] = {}  # one checkpoint read per distinct network (folds of a model often share it)
+    counted: dict[str, int] = {}  # one count per distinct network (folds of a model often share it)
     for run in task_runs(task_dir):
         model = model_of(run)
         cost = costs[model]
         folds = fold_folders(task_dir / run)
         first = True
         for fold, folder in folds.items():
-            if not (folder / CHECKPOINT).is_file():
+            if not ((folder / CHECKPOINT).is_file() or (folder / SUMMARY).is_file()):
                 continue
             info = read_model_info(folder)
             if first or model != "random":
                 spec = json.dumps(info.get("spec"), sort_keys=True)
                 if spec not in counted:
-                    counted[spec] = parameter_count(folder / CHECKPOINT)
+                    counted[spec] = model_parameters(info)
                 cost.gflops.append(float(info["gflops"]))
                 cost.params.append(counted[spec])
             first = False
@@ -158,7 +153,7 @@ def plot_costs(task_dir: str | os.PathLike, out: str | os.PathLike, title: str =
     folds or draws; whiskers: their range)."""
     costs = task_costs(task_dir)
     if not costs:
-        raise ScnasError(f"{task_dir}: no trained fold (RUN/fold_K/checkpoint_final.pt) found")
+        raise ScnasError(f"{task_dir}: no trained fold (RUN/fold_K/ with {CHECKPOINT} or {SUMMARY}) found")
     models = list(costs)
     search = [c.search_s for c in costs.values()]
     train = [c.train_s for c in costs.values()]

@@ -21,7 +21,7 @@ from scnas.data.plans import Plans
 from scnas.data.sampler import PatchSampler, epoch_rng, prefetch
 from scnas.fingerprint import Provenance, fingerprint
 from scnas.io import write_json
-from scnas.layout import CHECKPOINT, MODEL_INFO
+from scnas.layout import CHECKPOINT, MODEL_INFO, TRAINING_LOG
 from scnas.models.factory import build_model, describe
 from scnas.models.spec import flops_report, model_spec
 from scnas.train.checkpoint import MODEL_FORMAT, MODEL_VERSION, load_checkpoint, save_checkpoint
@@ -39,8 +39,6 @@ from scnas.train.loop import finish, fold_inputs, output_lock, reusable, run_epo
 from scnas.train.loss import jaccard_loss
 
 log = logging.getLogger("scnas.train")
-
-LOG = "training_log.csv"
 
 
 @dataclass(frozen=True)
@@ -189,7 +187,7 @@ def train(req: TrainRequest, ctx: DistContext | None = None) -> dict[str, Any]:
     spec = model_spec(req.model, plans, req.settings.train, req.genotype)
     provenance = training_provenance(req, spec, plans, fold_fingerprint(train_ids, val_ids))
     final_path = out / CHECKPOINT
-    with output_lock(ctx, out, "training", [CHECKPOINT, MODEL_INFO, LOG]):
+    with output_lock(ctx, out, "training", [CHECKPOINT, MODEL_INFO, TRAINING_LOG]):
         if final_path.exists() and reusable(
             load_checkpoint(final_path).get("provenance"), provenance, final_path, "training"
         ):
@@ -225,7 +223,7 @@ def train(req: TrainRequest, ctx: DistContext | None = None) -> dict[str, Any]:
             epochs=req.settings.train.max_epochs,
             ctx=ctx,
             device=ctx.device,
-            log_name=LOG,
+            log_name=TRAINING_LOG,
             checked=("train_loss",),
             describe=_describe_row,
         )

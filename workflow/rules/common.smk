@@ -102,7 +102,7 @@ def genotype_for(wildcards):
 
 def fold_metrics(task):
     """Every fold's metrics of the task's models, and of the nnU-Net reference where it runs."""
-    reference = [L.metrics(task, NNUNET, fold) for fold in CFG.task(task).nnunet_folds]
+    reference = [L.metrics(task, NNUNET, fold) for fold in CFG.reference_folds(task)]
     return [L.metrics(task, run, fold) for run in CFG.runs_for(task) for fold in CFG.folds] + reference
 
 
