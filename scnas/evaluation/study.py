@@ -151,10 +151,10 @@ def write_study_tables(found: Found, out_prefix: Path) -> list[Path]:
     paired comparisons in its notes), HD95 as out_prefix_hd95.*, and the models' costs as out_prefix_cost.csv
     and .md; the random draws (random_0, random_1, ...) pooled into one "Random genotype" row."""
     order = list(DEFAULT_MODEL_NAMES)
-    runs = sorted(
-        {r for _, r in found},
-        key=lambda r: (order.index(model_of(r)) if model_of(r) in order else len(order), r),
-    )
+    rank = lambda r: (order.index(model_of(r)) if model_of(r) in order else len(order), r)  # noqa: E731
+    runs = sorted({r for _, r in found}, key=rank)
+    tasks = list(dict.fromkeys(t for t, _ in found))
+    found = {k: found[k] for k in sorted(found, key=lambda k: (tasks.index(k[0]), rank(k[1])))}  # notes in table order
     labels = {task: _label_names(paths) for (task, _), paths in found.items()}
     draws = [r for r in runs if model_of(r) == "random"]
     common = flops_notes(found) + search_notes(found)

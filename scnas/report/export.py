@@ -175,7 +175,7 @@ def redraw(out: Path, tasks: Sequence[str]) -> list[Path]:
     from scnas.layout import GENOTYPE, SUMMARY
     from scnas.report.dot import DOT_MISSING, have_dot
     from scnas.report.readers import fold_folders, task_runs
-    from scnas.report.study import draw_search, draw_summary, draw_training
+    from scnas.report.study import draw_search, draw_study_table, draw_summary, draw_training
 
     if not have_dot():
         log.warning("the merged study's cell diagrams are not drawn again: %s", DOT_MISSING)
@@ -200,6 +200,7 @@ def redraw(out: Path, tasks: Sequence[str]) -> list[Path]:
     found = find_metrics(out)
     if found:
         written += write_study_tables(found, Path(Layout(str(out)).cv_table()))
+        written.append(Path(draw_study_table(out)))
     return written
 
 
