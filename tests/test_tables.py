@@ -204,7 +204,7 @@ def test_study_reads_only_finished_evaluations(tmp_path, caplog):
         find_metrics(tmp_path, models=["scnas"])
 
 
-def test_random_draws_pool_into_one_row_with_the_spread_across_draws(tmp_path):
+def test_random_draws_make_one_row_of_per_case_means_and_a_note_of_each_draws_mean(tmp_path):
     from scnas.evaluation.study import find_metrics, write_study_tables
 
     finished(tmp_path, HEART, "uresnet", 0, [("h1", 1, 0.9), ("h2", 1, 0.7)])
@@ -216,12 +216,19 @@ def test_random_draws_pool_into_one_row_with_the_spread_across_draws(tmp_path):
     long = pd.read_csv(written[0])
     assert list(long["model"]) == ["3D U-ResNet", "Random genotype"]
     row = long[long["model"] == "Random genotype"].iloc[0]
+    # each of the 4 cases averaged over the 3 draws: mean(draw_means) -+ 0.1
+    per_case = [sum(draw_means) / 3 + d for d in (-0.1, 0.1, -0.1, 0.1)]
     assert row["mean"] == pytest.approx(sum(draw_means) / 3)
-    assert row["std"] == pytest.approx(pd.Series(draw_means).std(ddof=1))
-    assert row["n_cases"] == 12 and row["n_folds"] == 6
+    assert row["std"] == pytest.approx(pd.Series(per_case).std(ddof=1))
+    assert row["n_cases"] == 4 and row["n_folds"] == 2
     markdown = written[1].read_text()
     assert "Random genotype" in markdown and "random_0" not in markdown
-    assert "mean over 3 random genotypes" in markdown
+    assert "Random genotype: Task02_Heart 4 cases / 2 folds" in markdown
+    spread = pd.Series(draw_means).std(ddof=1) * 100
+    assert (
+        "Random genotype: each case's value is its mean over the 3 random genotypes; the draws' own means, "
+        f"Task02_Heart x: 50.00, 60.00, 85.00 (standard deviation across draws {spread:.2f})." in markdown
+    )
 
 
 def test_the_table_reads_the_folds_an_evaluation_wrote_and_agrees_with_their_nnunet_summaries(tmp_path):

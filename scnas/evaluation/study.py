@@ -13,12 +13,14 @@ from scnas.errors import ScnasError
 from scnas.evaluation.compare import comparison_notes
 from scnas.evaluation.costs import cost_table, model_info, write_cost_table
 from scnas.evaluation.metrics import incomplete_reason
-from scnas.evaluation.tables import DEFAULT_MODEL_NAMES, cv_table, pool_draws, write_tables
+from scnas.evaluation.tables import DEFAULT_MODEL_NAMES, cv_table, write_tables
 from scnas.io import read_json
 from scnas.layout import FOLD_DIR, METRICS, MODEL_INFO, SEARCH, SEARCH_SUMMARY, model_of
 
 log = logging.getLogger(__name__)
 Found = dict[tuple[str, str], list[Path]]
+RANDOM = "random"
+"""The row of the random draws (model folders random_0, random_1, ...)."""
 
 
 def parse_metrics_paths(paths: Sequence[str | Path]) -> Found:
@@ -146,30 +148,48 @@ TABLE_FILES = (
 """What `write_study_tables` writes, as suffixes of its prefix."""
 
 
+def draws_note(found: Found, draws: Sequence[str], labels: dict, metric: str) -> str:
+    """Each random draw's own cross-validation mean (the Average column's, or the one label's) per task, and
+    their standard deviation: how much the control varies with the draw, beside its spread over cases."""
+    table = cv_table({k: v for k, v in found.items() if k[1] in draws}, labels, {d: d for d in draws}, metric)
+    scale, parts = (100.0 if metric == "dice" else 1.0), []
+    for task in dict.fromkeys(t for t, _, _ in table.columns):
+        column = [lb for t, lb, _ in table.columns if t == task][-1]  # Average, or the one label
+        means = table[(task, column, "mean")].dropna() * scale
+        if len(means):
+            spread = f" (standard deviation across draws {means.std(ddof=1):.2f})" if len(means) > 1 else ""
+            parts.append(f"{task} {column}: " + ", ".join(f"{v:.2f}" for v in means) + spread)
+    return (
+        f"{DEFAULT_MODEL_NAMES[RANDOM]}: each case's value is its mean over the {len(draws)} random genotypes; "
+        "the draws' own means, " + "; ".join(parts) + "."
+    )
+
+
 def write_study_tables(found: Found, out_prefix: Path) -> list[Path]:
     """The cross-validation tables of everything in `found`: Dice as out_prefix.csv, .md and .tex (with the
     paired comparisons in its notes), HD95 as out_prefix_hd95.*, and the models' costs as out_prefix_cost.csv
-    and .md; the random draws (random_0, random_1, ...) pooled into one "Random genotype" row."""
+    and .md. The random draws (random_0, random_1, ...) make one "Random genotype" row, each case's value
+    its mean over the draws (so that ± is, for every row, the spread over cases); each draw's own mean is
+    in the notes."""
     order = list(DEFAULT_MODEL_NAMES)
     rank = lambda r: (order.index(model_of(r)) if model_of(r) in order else len(order), r)  # noqa: E731
     runs = sorted({r for _, r in found}, key=rank)
     tasks = list(dict.fromkeys(t for t, _ in found))
     found = {k: found[k] for k in sorted(found, key=lambda k: (tasks.index(k[0]), rank(k[1])))}  # notes in table order
     labels = {task: _label_names(paths) for (task, _), paths in found.items()}
-    draws = [r for r in runs if model_of(r) == "random"]
+    draws = [r for r in runs if model_of(r) == RANDOM]
+    pooled: Found = defaultdict(list)
+    for (task, run), paths in found.items():
+        pooled[(task, RANDOM if run in draws else run)] += paths
+    rows = list(dict.fromkeys(RANDOM if r in draws else r for r in runs))
     common = flops_notes(found) + search_notes(found)
-    if draws:
-        common.append(
-            f"{DEFAULT_MODEL_NAMES['random']}: the mean over {len(draws)} random genotypes of each one's "
-            "cross-validation mean; ± is the standard deviation across the draws."
-        )
     for metric, prefix, notes in (
         ("dice", out_prefix, common + comparison_notes(found)),
         ("hd95", out_prefix.with_name(out_prefix.name + HD95_SUFFIX), common),
     ):
-        table = cv_table(found, labels, {r: DEFAULT_MODEL_NAMES.get(r, r) for r in runs}, metric=metric)
+        table = cv_table(pooled, labels, {r: DEFAULT_MODEL_NAMES.get(r, r) for r in rows}, metric=metric)
         if draws:
-            table = pool_draws(table, draws, DEFAULT_MODEL_NAMES["random"])
+            notes = notes + [draws_note(found, draws, labels, metric)]
         write_tables(table, prefix, notes)
     write_cost_table(cost_table(found, runs), out_prefix.with_name(out_prefix.name + COST_SUFFIX))
     return [out_prefix.with_name(out_prefix.name + suffix) for suffix in TABLE_FILES]

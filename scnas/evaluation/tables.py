@@ -17,6 +17,7 @@ import pandas as pd
 
 from scnas.errors import ScnasError
 from scnas.io import write_text
+from scnas.layout import FOLD_DIR
 
 DEFAULT_MODEL_NAMES = {
     "uresnet": "3D U-ResNet",
@@ -63,8 +64,9 @@ def cv_table(
         for model in models:
             paths = list(metrics.get((task, model), ()))
             cells = _task_cells(paths, labels, metric) if paths else [(np.nan, np.nan, 0)] * len(headers)
+            folds = len({fold_number(path, k) for k, path in enumerate(paths)})
             for header, (mean, std, n_cases) in zip(headers, cells):
-                for stat, value in zip(STATS, (mean, std, n_cases, len(paths))):
+                for stat, value in zip(STATS, (mean, std, n_cases, folds)):
                     data[(task, header, stat)].append(value)
 
     index = pd.Index([names.get(m, DEFAULT_MODEL_NAMES.get(m, m)) for m in models], name="model")
@@ -74,32 +76,6 @@ def cv_table(
     table.columns = pd.MultiIndex.from_tuples(list(data), names=["task", "label", "stat"])
     table.attrs["metric"] = metric
     return table
-
-
-def pool_draws(table: pd.DataFrame, draws: Sequence[str], name: str) -> pd.DataFrame:
-    """Replace the rows `draws` (one model each, e.g. random genotypes) by one row `name`: per cell the mean
-    over draws of each draw's mean, ± the standard deviation across draws (ddof=1); counts summed."""
-    present = [d for d in draws if d in table.index]
-    if not present:
-        return table
-    rows = table.loc[present]
-    pooled = {}
-    for task, label, stat in table.columns:
-        column = rows[(task, label, stat)]
-        means = rows[(task, label, "mean")].dropna().to_numpy(dtype=float)
-        if stat == "mean":
-            pooled[(task, label, stat)] = float(means.mean()) if means.size else np.nan
-        elif stat == "std":
-            pooled[(task, label, stat)] = float(means.std(ddof=1)) if means.size > 1 else np.nan
-        else:
-            pooled[(task, label, stat)] = int(column.sum())
-    at = list(table.index).index(present[0])
-    keep = [m for m in table.index if m not in present]
-    out = pd.concat([table.loc[keep[:at]], pd.DataFrame([pooled], index=[name]), table.loc[keep[at:]]])
-    out.index.name = table.index.name
-    out.columns = table.columns
-    out.attrs = dict(table.attrs)
-    return out
 
 
 def task_table(table: pd.DataFrame, task: str) -> pd.DataFrame:
@@ -121,8 +97,16 @@ def write_tables(table: pd.DataFrame, out_prefix: Path, notes: Iterable[str] = (
     write_text(out_prefix.with_name(out_prefix.name + ".tex"), _latex(table, metric, notes))
 
 
+def fold_number(path: str | Path, default: int) -> int:
+    """The K of a .../fold_K/metrics.csv, else `default`."""
+    m = FOLD_DIR.match(Path(path).parent.name)
+    return int(m.group(1)) if m else default
+
+
 def _task_cells(paths: list, labels: list[tuple[int, str]], metric: str) -> list[tuple[float, float, int]]:
-    frames = [_read_metrics(path, fold, metric) for fold, path in enumerate(paths)]
+    """Per label (and Average) the mean, std and count over cases; a case evaluated more than once (a fold
+    of several random draws) counts once, with its mean over them."""
+    frames = [_read_metrics(path, fold_number(path, k), metric) for k, path in enumerate(paths)]
     values = pd.concat(frames, ignore_index=True)
     values = values[np.isfinite(values[metric])]
     per_case = values.pivot_table(index=["fold", "case"], columns="label", values=metric, aggfunc="mean")
@@ -226,7 +210,8 @@ def _counts_note(table: pd.DataFrame) -> str:
             cells = [_cell(table, model, t, label) for t, label in _cells(table) if t == task]
             folds = max(int(cell["n_folds"]) for cell in cells)
             if folds:
-                per_task.append(f"{task} {max(int(cell['n_cases']) for cell in cells)} cases / {folds} folds")
+                cases = max(int(cell["n_cases"]) for cell in cells)
+                per_task.append(f"{task} {cases} cases / {folds} fold{'s' if folds > 1 else ''}")
         if per_task:
             parts.append(f"{model}: {', '.join(per_task)}")
     return "Cases and folds per model and task: " + "; ".join(parts) + "."

@@ -44,14 +44,15 @@ def task_metrics(task_dir: str | os.PathLike) -> pd.DataFrame:
 
 def plot_dice_boxes(task_dir: str | os.PathLike, out: str | os.PathLike, title: str = "") -> str:
     """Per label (and their mean, for several labels) the per-case Dice of every model over all folds,
-    the random draws pooled as in the tables; each case a dot."""
+    the random draws pooled as in the tables (a case's Dice its mean over the draws); each case a dot."""
     table = task_metrics(task_dir)
-    table = table[table["label"] != 0]
+    keys = ["model", "fold", "case", "label", "label_name"]
+    table = table[table["label"] != 0].groupby(keys, as_index=False, sort=False)["dice"].mean()
     labels = list(dict.fromkeys(table.sort_values("label")["label_name"]))
     models = list(dict.fromkeys(table["model"]))
     panels = [(name, table[table["label_name"] == name]) for name in labels]
     if len(labels) > 1:
-        mean = table.groupby(["model", "run", "fold", "case"], as_index=False, sort=False)["dice"].mean()
+        mean = table.groupby(["model", "fold", "case"], as_index=False, sort=False)["dice"].mean()
         panels.append(("mean over labels", mean))
     fig = style.figure(max(3.2, 0.9 * len(models) + 1.4) * len(panels), 4.6)
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True, squeeze=False)).ravel()
