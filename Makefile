@@ -81,13 +81,13 @@ study: $(STUDY_STAMP)
 	$(SNAKEMAKE) --cores $(JOBS) --keep-going --configfiles $(STUDY_CONFIG) --config data_root=$(abspath $(DATA)) $(if $(FOLDS),folds="$(FOLDS)")
 	$(BIN)/scnas export --results results-study --out $(STUDY_OUT) --configs $(STUDY_CONFIG) --data-root $(abspath $(DATA)) --note "folds $(if $(FOLDS),$(FOLDS),all)"
 
-# `make study-part DATA=DIR FOLD=K`: fold K alone, into results-foldK/, added to studies/hippocampus/ by
+# `make study-part DATA=DIR FOLDS="[1]"`: those folds alone, into results-part/, added to studies/hippocampus/ by
 # `scnas export --merge` (a study in parts on machines that do not keep a results folder between sittings).
 .PHONY: study-part
 study-part: $(STUDY_STAMP)
-	@test -n "$(DATA)" -a -n "$(FOLD)" || { echo "make study-part: give DATA=DIR (the folder that holds Task04_Hippocampus/) and FOLD=K"; exit 1; }
-	$(SNAKEMAKE) --cores $(JOBS) --keep-going --configfiles $(STUDY_CONFIG) --config data_root=$(abspath $(DATA)) folds="[$(FOLD)]" results=results-fold$(FOLD)
-	$(BIN)/scnas export --results results-fold$(FOLD) --out $(STUDY_OUT) --configs $(STUDY_CONFIG) --data-root $(abspath $(DATA)) --merge --note "fold $(FOLD)"
+	@test -n "$(DATA)" -a -n "$(FOLDS)" || { echo 'make study-part: give DATA=DIR (the folder that holds Task04_Hippocampus/) and FOLDS="[K, ...]"'; exit 1; }
+	$(SNAKEMAKE) --cores $(JOBS) --keep-going --configfiles $(STUDY_CONFIG) --config data_root=$(abspath $(DATA)) folds="$(FOLDS)" results=results-part
+	$(BIN)/scnas export --results results-part --out $(STUDY_OUT) --configs $(STUDY_CONFIG) --data-root $(abspath $(DATA)) --merge --note "folds $(FOLDS)"
 
 clean-demo:
 	rm -rf results/Demo*

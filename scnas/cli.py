@@ -842,7 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         "copy a study's small outputs (tables, genotypes, logs, metrics, figures; no checkpoints) to a folder",
         "scnas export --results results-study --out studies/hippocampus --configs config/hippocampus-study.yaml\n"
-        "scnas export --results results-fold1 --out studies/hippocampus \\\n"
+        "scnas export --results results-part --out studies/hippocampus \\\n"
         "    --configs config/hippocampus-study.yaml --merge",
         cmd_export,
     )
