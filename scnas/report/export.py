@@ -59,7 +59,7 @@ KEEP = (
 SHARED = ("check.json", "splits_final.json", "preprocessed/plans.json", "random_*/genotype.json")
 """Per task, what every part of a study must hold alike (relative to the task folder)."""
 
-REDRAWN = ("cv_table*", "*/cv_table*", "*/searches.md", "*/report/*.png", "*/report/*/*.png", "*/report/*/*/*.png")
+REDRAWN = ("cv_table*", "*/cv_table*", "*/report/*.png", "*/report/*/*.png", "*/report/*/*/*.png")
 """What a merge draws anew rather than copies (a part's overlays, which need the images, excepted)."""
 
 FOLD_NAME = re.compile(r"(?:^|_)fold_(\d+)$")
@@ -145,10 +145,11 @@ def _relative(source: Path, places: Sequence[tuple[str, str]]) -> bytes:
 
 
 def _copy(source: Path, target: Path, places: Sequence[tuple[str, str]]) -> None:
-    if source.suffix not in TEXT:
-        target.write_bytes(source.read_bytes())
-        return
-    write_text(target, _relative(source, places).decode())
+    data = _relative(source, places)
+    if source.suffix in TEXT:
+        write_text(target, data.decode())
+    else:
+        target.write_bytes(data)
 
 
 def _check_same_settings(
