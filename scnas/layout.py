@@ -32,6 +32,7 @@ SEARCH_LOG = "search_log.csv"
 ALPHA_HISTORY = "alpha_history.json"
 SEARCH_SUMMARY = "search_summary.json"
 TRAINING_LOG = "training_log.csv"
+LOGS = "logs"
 METRICS = "metrics.csv"
 SUMMARY = "summary.json"
 PREDICTIONS = "predictions"
@@ -134,7 +135,7 @@ class Layout:
         return self._p(task, "cv_table") if task else self._p("cv_table")
 
     def log(self, task: str | None, name: str) -> str:
-        return self._p(task, "logs", name) if task else self._p("logs", name)
+        return self._p(task, LOGS, name) if task else self._p(LOGS, name)
 
 
 @dataclass(frozen=True)

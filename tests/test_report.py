@@ -481,7 +481,7 @@ def _part(study: Path, root: Path, fold: int) -> Path:
     return part
 
 
-def test_a_study_run_in_parts_merges_into_the_export_of_the_whole(study, tmp_path):
+def test_a_study_run_in_parts_merges_into_the_export_of_the_whole(study, tmp_path, monkeypatch):
     from scnas.report.export import export_study
 
     whole, merged = tmp_path / "whole", tmp_path / "merged"
@@ -493,6 +493,10 @@ def test_a_study_run_in_parts_merges_into_the_export_of_the_whole(study, tmp_pat
     (merged / TASK / "uresnet" / "fold_1" / "old.log").parent.mkdir(parents=True)
     (merged / TASK / "uresnet" / "fold_1" / "old.log").write_text("an earlier export of fold 1")
     second = _part(study, tmp_path, 1)
+    (second / "report").mkdir()
+    (second / "report" / "cv_table.html").write_text("<p>the part's own study table</p>")  # not task folders
+    (second / "logs").mkdir()
+    (second / "logs" / "cv_table.log").write_text("the part's study table's log")
     export_study(second, merged, [config], note="fold 1", merge=True)
     # the tables of the two parts together are those of the whole study, to the byte
     tables = sorted(p.name for p in (whole / TASK).glob("cv_table*"))
@@ -527,3 +531,14 @@ def test_a_study_run_in_parts_merges_into_the_export_of_the_whole(study, tmp_pat
     with pytest.raises(ScnasError, match=r"study.yaml: differs from the study's"):
         export_study(_part(study, tmp_path / "again", 1), merged, [config], merge=True)
     assert before == {p: p.read_bytes() for p in merged.rglob("*") if p.is_file()}
+    # a merge that fails midway (here: drawing) leaves the study as it was, and no half-merged folder
+    config.write_text("seed: 0\n")
+
+    def broken(*args, **kwargs):
+        raise ScnasError("drawing failed")
+
+    monkeypatch.setattr("scnas.report.export.redraw", broken)
+    with pytest.raises(ScnasError, match="drawing failed"):
+        export_study(_part(study, tmp_path / "third", 1), merged, [config], merge=True)
+    assert before == {p: p.read_bytes() for p in merged.rglob("*") if p.is_file()}
+    assert not list(tmp_path.glob(".merged*"))

@@ -21,13 +21,15 @@ import fnmatch
 import logging
 import platform
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Sequence
 
 from scnas.errors import ScnasError, describe_os_error
 from scnas.io import read_json, write_json, write_text
-from scnas.layout import FOLD_DIR, NNUNET, NNUNET_FOLDERS, SEARCH, Layout
+from scnas.layout import FOLD_DIR, LOGS, NNUNET, NNUNET_FOLDERS, SEARCH, Layout
+from scnas.report.figures import REPORT
 
 log = logging.getLogger("scnas.report")
 
@@ -247,8 +249,10 @@ def export_study(
     places = relative_places(results, data_roots)
     if not files:
         raise ScnasError(f"{results}: nothing to export (no tables, metrics or logs found)")
-    tasks = sorted({rel.parts[0] for rel in files if len(rel.parts) > 1 and (results / rel.parts[0]).is_dir()})
+    tops = {rel.parts[0] for rel in files if len(rel.parts) > 1 and (results / rel.parts[0]).is_dir()}
+    tasks = sorted(tops - {REPORT, LOGS})  # the study-wide folders beside the tasks'
     folds = {k for k in map(fold_of, files) if k is not None}
+    target = out
     if merge:
         _check_same_settings(results, out, files, configs, places)
         files = [
@@ -257,23 +261,27 @@ def export_study(
             if fold_of(rel) is not None
             or not ((out / rel).is_file() or any(_matches(rel.as_posix(), p) for p in REDRAWN))
         ]
+        target = out.with_name(f".{out.name}.merging")  # the merge is made here, then takes out's place
     written = []
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        for rel in files:
-            target = out / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _copy(results / rel, target, places)
-            written.append(target)
-        for config in configs:
-            target = out / "config" / Path(config).name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _copy(Path(config), target, places)
-            written.append(target)
         if merge:
-            _remove_stale([out / task for task in tasks], written, folds)
-            for path in redraw(out, tasks):
-                rel = path.relative_to(out).as_posix()
+            shutil.rmtree(target, ignore_errors=True)
+            if out.is_dir():
+                shutil.copytree(out, target)
+        target.mkdir(parents=True, exist_ok=True)
+        for rel in files:
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            _copy(results / rel, target / rel, places)
+            written.append(target / rel)
+        for config in configs:
+            path = target / "config" / Path(config).name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _copy(Path(config), path, places)
+            written.append(path)
+        if merge:
+            _remove_stale([target / task for task in tasks], written, folds)
+            for path in redraw(target, tasks):
+                rel = path.relative_to(target).as_posix()
                 if path.name == "searches.md" or any(_matches(rel, pattern) for pattern in KEEP):
                     written.append(path)
                 else:
@@ -284,15 +292,35 @@ def export_study(
                 if report:
                     write_text(out / task / "searches.md", report)
                     written.append(out / task / "searches.md")
-            _remove_stale([out / task for task in tasks], written)
+            _remove_stale([out / top for top in sorted(tops)], written)
+        written.append(_write_record(target, results, configs, repo, note, sorted(folds), merge, len(written) + 1))
+        if merge:
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            if out.is_dir():
+                out.rename(old)
+            target.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+            written = [out / p.relative_to(target) for p in written]
     except OSError as e:
         raise ScnasError(describe_os_error(e)) from None
+    finally:
+        if merge and target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)  # a merge that failed leaves `out` as it was
+    return written
+
+
+def _write_record(
+    out: Path, results: Path, configs: Sequence[Path], repo: Path, note: str, folds: list[int], merge: bool, files: int
+) -> Path:
+    """out/STUDY.json: when, from which results, code and machine this export came, after the earlier ones
+    (the code's state not counting `out`, or the folder a merge is staged for: each export changes it)."""
     import torch
 
     record = {
         "exported": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "results": results.name,
-        "code": git_state(repo, exclude=out),
+        "code": git_state(repo, exclude=out.with_name(out.name.removeprefix(".").removesuffix(".merging"))),
         "configs": [Path(c).name for c in configs],
         "machine": {
             "platform": platform.platform(),
@@ -301,15 +329,15 @@ def export_study(
             "torch": torch.__version__,
         },
         "note": note,
-        "folds": sorted(folds),
+        "folds": folds,
         "merged": merge,
-        "files": len(written),
+        "files": files,
     }
-    previous = out / "STUDY.json"
-    if previous.is_file():
-        old = read_json(previous)
+    path = out / "STUDY.json"
+    if path.is_file():
+        old = read_json(path)
         record["earlier_exports"] = old.get("earlier_exports", []) + [
             {k: old.get(k) for k in ("exported", "code", "note", "folds") if k in old}
         ]
-    write_json(previous, record)
-    return [*written, previous]
+    write_json(path, record)
+    return path
