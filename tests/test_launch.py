@@ -131,11 +131,13 @@ def test_slurm_without_sbatch_is_one_line_and_submits_nothing(tmp_path, monkeypa
 
 
 def fake_slurm(tmp_path: Path, monkeypatch, sinfo_lines: list[str]) -> Path:
-    """sinfo printing `sinfo_lines`, and an sbatch that only records that it was called."""
+    """sinfo printing `sinfo_lines`, an sbatch that only records that it was called, and an srun (submitit
+    refuses to submit where it finds none), so that no SLURM needs to be installed."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sinfo").write_text("#!/bin/sh\ncat <<'EOF'\n" + "\n".join(sinfo_lines) + "\nEOF\n")
     (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {tmp_path}/sbatch-called\nexit 1\n")
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
