@@ -22,11 +22,11 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from scnas.errors import ConfigError
+from scnas.layout import RANDOM
 
 SCHEMA_PATH = Path(__file__).parent / "resources" / "config.schema.yaml"
 SECTIONS = ("preprocess", "plan", "train", "search", "inference", "evaluation", "launcher")
-MODELS = ("uresnet", "scnas", "random", "scnas_transfer")
-RANDOM = "random"
+MODELS = ("uresnet", "scnas", RANDOM, "scnas_transfer")
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,9 @@ NNUNET = "nnunet"
 NNUNET_FOLDERS = "nnUNet"
 """Inside it, nnU-Net's own nnUNet_raw, nnUNet_preprocessed and nnUNet_results."""
 
-RANDOM_RUN = re.compile(r"^random_(\d+)$")
+RANDOM = "random"
+"""The random-genotype control; its draws are the model folders random_0, random_1, ..."""
+RANDOM_RUN = re.compile(rf"^{RANDOM}_(\d+)$")
 
 
 def model_of(run: str) -> str:

@@ -15,12 +15,10 @@ from scnas.evaluation.costs import cost_table, model_info, write_cost_table
 from scnas.evaluation.metrics import incomplete_reason
 from scnas.evaluation.tables import DEFAULT_MODEL_NAMES, cv_table, write_tables
 from scnas.io import read_json
-from scnas.layout import FOLD_DIR, METRICS, MODEL_INFO, SEARCH, SEARCH_SUMMARY, model_of
+from scnas.layout import FOLD_DIR, METRICS, MODEL_INFO, RANDOM, SEARCH, SEARCH_SUMMARY, model_of
 
 log = logging.getLogger(__name__)
 Found = dict[tuple[str, str], list[Path]]
-RANDOM = "random"
-"""The row of the random draws (model folders random_0, random_1, ...)."""
 
 
 def parse_metrics_paths(paths: Sequence[str | Path]) -> Found:

@@ -293,7 +293,8 @@ def export_study(
                     write_text(out / task / "searches.md", report)
                     written.append(out / task / "searches.md")
             _remove_stale([out / top for top in sorted(tops)], written)
-        written.append(_write_record(target, results, configs, repo, note, sorted(folds), merge, len(written) + 1))
+        record = _write_record(target, out, results, configs, repo, note, sorted(folds), merge, len(written) + 1)
+        written.append(record)
         if merge:
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -311,16 +312,25 @@ def export_study(
 
 
 def _write_record(
-    out: Path, results: Path, configs: Sequence[Path], repo: Path, note: str, folds: list[int], merge: bool, files: int
+    folder: Path,
+    out: Path,
+    results: Path,
+    configs: Sequence[Path],
+    repo: Path,
+    note: str,
+    folds: list[int],
+    merge: bool,
+    files: int,
 ) -> Path:
-    """out/STUDY.json: when, from which results, code and machine this export came, after the earlier ones
-    (the code's state not counting `out`, or the folder a merge is staged for: each export changes it)."""
+    """folder/STUDY.json (folder: `out`, or where a merge into it is staged): when, from which results, code
+    and machine this export came, after the earlier ones; the code's state does not count `out`, which each
+    export changes."""
     import torch
 
     record = {
         "exported": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "results": results.name,
-        "code": git_state(repo, exclude=out.with_name(out.name.removeprefix(".").removesuffix(".merging"))),
+        "code": git_state(repo, exclude=out),
         "configs": [Path(c).name for c in configs],
         "machine": {
             "platform": platform.platform(),
@@ -333,7 +343,7 @@ def _write_record(
         "merged": merge,
         "files": files,
     }
-    path = out / "STUDY.json"
+    path = folder / "STUDY.json"
     if path.is_file():
         old = read_json(path)
         record["earlier_exports"] = old.get("earlier_exports", []) + [
