@@ -11,6 +11,7 @@ import torch.nn as nn
 import scnas.nas.search_network as search_network
 from scnas.nas import CELL_TYPES, MACRO, OPERATIONS, OPS, SearchNetwork, cell_edges, sample_edges
 from scnas.nas.cells import level_channels
+from scnas.nas.conv import Conv3d
 from scnas.nas.operations import AvgPool, FactorizedReduce
 from scnas.nas.search_network import MixedEdge
 
@@ -38,7 +39,7 @@ def test_operation_shapes_odd_and_even(name, stride):
 
 def test_operations_are_leakyrelu_conv_instancenorm():
     conv = OPS["conv3"](4, 4, 2)
-    assert [type(m) for m in conv] == [nn.LeakyReLU, nn.Conv3d, nn.InstanceNorm3d]
+    assert [type(m) for m in conv] == [nn.LeakyReLU, Conv3d, nn.InstanceNorm3d]  # an nn.Conv3d (scnas.nas.conv)
     assert conv[1].stride == (2, 2, 2) and conv[1].kernel_size == (3, 3, 3)
     assert conv[2].affine
     for rate in (2, 3, 4):

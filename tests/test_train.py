@@ -77,7 +77,9 @@ def test_training_lowers_the_loss_and_writes_a_final_model(tiny_task, tmp_path):
             0,
             out,
             "uresnet",
-            _stage(max_epochs=30, iterations_per_epoch=8, lr=3e-3),
+            # lr 1e-3: at 3e-3 some seeds (and float roundings) take the tiny network into the Jaccard loss's
+            # dead zone, every voxel background and no gradient left (benchmarks/NOTES.md, channels-last)
+            _stage(max_epochs=30, iterations_per_epoch=8, lr=1e-3),
         )
     )
     losses = [float(r["train_loss"]) for r in _log(out / "training_log.csv")]

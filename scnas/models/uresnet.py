@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scnas.nas.conv import Conv3d
+
 NEGATIVE_SLOPE = 0.01
 LEVELS = 4
 
@@ -59,7 +61,7 @@ class Downsample(nn.Module):
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv3d(cin, cout, 2, stride=2, bias=False), *_norm_act(cout))
+        self.conv = nn.Sequential(Conv3d(cin, cout, 2, stride=2, bias=False), *_norm_act(cout))
 
     def forward(self, x: Tensor) -> Tensor:
         pad = []
@@ -74,9 +76,9 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv3d(channels, channels, 3, padding=1, bias=False),
+            Conv3d(channels, channels, 3, padding=1, bias=False),
             *_norm_act(channels),
-            nn.Conv3d(channels, channels, 3, padding=1, bias=False),
+            Conv3d(channels, channels, 3, padding=1, bias=False),
             nn.InstanceNorm3d(channels, affine=True),
         )
         self.act = nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True)
@@ -128,7 +130,7 @@ class UResNet(nn.Module):
         super().__init__()
         widths = [base_channels * 2**level for level in range(LEVELS)]
         self.combine_levels = combine_levels
-        self.stem = nn.Sequential(nn.Conv3d(in_channels, widths[0], 3, padding=1, bias=False), *_norm_act(widths[0]))
+        self.stem = nn.Sequential(Conv3d(in_channels, widths[0], 3, padding=1, bias=False), *_norm_act(widths[0]))
         self.encoder = nn.ModuleList(
             nn.Sequential(Downsample(widths[level - 1], widths[level]), ResidualBlock(widths[level]))
             for level in range(1, LEVELS)

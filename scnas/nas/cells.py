@@ -46,6 +46,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from scnas.nas.conv import Conv3d
 from scnas.nas.operations import ConvBlock, FactorizedReduce
 from scnas.nas.separable import resize_trilinear
 
@@ -262,7 +263,7 @@ class CellNetwork(nn.Module):
         self.num_nodes = num_nodes
         width = level_channels(stem_channels, 0, num_nodes)
         self.stem = nn.Sequential(
-            nn.Conv3d(in_channels, width, 3, padding=1, bias=False),
+            Conv3d(in_channels, width, 3, padding=1, bias=False),
             nn.InstanceNorm3d(width, affine=True),
         )
         self.macro = macro

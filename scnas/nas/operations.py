@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from scnas.nas.conv import Conv3d, conv3d
 from scnas.nas.separable import avg_pool3, max_pool3
 
 NEGATIVE_SLOPE = 0.01
@@ -36,7 +37,7 @@ class ConvBlock(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0) -> None:
         super().__init__(
             nn.LeakyReLU(NEGATIVE_SLOPE),
-            nn.Conv3d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
+            Conv3d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
             nn.InstanceNorm3d(c_out, affine=True),
         )
 
@@ -64,7 +65,7 @@ class SepDilConv(nn.Sequential):
             return norm(pointwise(depthwise(x)))
         weight = pointwise.weight * depthwise.weight.transpose(0, 1)
         conv = depthwise
-        return norm(F.conv3d(x, weight, stride=conv.stride, padding=conv.padding, dilation=conv.dilation))
+        return norm(conv3d(x, weight, stride=conv.stride, padding=conv.padding, dilation=conv.dilation))
 
 
 _AS_WRITTEN = False
