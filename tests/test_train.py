@@ -21,7 +21,7 @@ from scnas.data.store import load_preprocessed
 from scnas.nas.diagnostics import converged
 from scnas.train.checkpoint import load_checkpoint
 from scnas.train.search import SearchRequest, alpha_lr, search, search_provenance, temperature
-from scnas.train.training import TrainRequest, train, training_provenance
+from scnas.train.training import TrainRequest, train, training_provenance, warn_if_stuck_at_no_foreground
 
 
 def _stage(**train):
@@ -89,6 +89,22 @@ def test_training_lowers_the_loss_and_writes_a_final_model(tiny_task, tmp_path):
     assert final["format"] == "scnas-model" and final["trained"]["epochs"] == 30
     model = json.loads((out / "model.json").read_text())
     assert model["gflops"] > 0 and model["gflops"] == model["uresnet_gflops"]
+
+
+def test_a_training_that_collapses_to_no_foreground_is_warned_about_once(caplog):
+    def rows(*losses):
+        return [{"epoch": e + 1, "train_loss": v} for e, v in enumerate(losses)]
+
+    collapsed = rows(0.998, 0.85, 0.87, 0.999999, 0.999999, 0.999999, 0.999999)
+    with caplog.at_level("WARNING", logger="scnas.train"):
+        for n in range(1, len(collapsed) + 1):
+            warn_if_stuck_at_no_foreground(collapsed[:n], Path("fold_0"))
+        for n in range(1, 6):  # never learned (or learning slowly from 1): nothing to say
+            warn_if_stuck_at_no_foreground(rows(0.99995, 0.99995, 0.9999, 0.995, 0.99)[:n], Path("fold_1"))
+        warn_if_stuck_at_no_foreground(rows(0.9, 0.999999, 0.8), Path("fold_2"))  # one bad epoch, recovered
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("fold_0: the training loss fell to 0.8500 and is back at 1 since epoch 4")
 
 
 def test_lr_drops_on_plateau_and_training_stops_below_min_lr(tiny_task, tmp_path):

@@ -179,6 +179,29 @@ def _describe_row(row: dict[str, Any]) -> str:
     return f"loss {row['train_loss']:.4f}  lr {row['lr']:.3g}{val}"
 
 
+DEAD_LOSS = 1 - 1e-4
+
+
+def warn_if_stuck_at_no_foreground(history: list[dict[str, Any]], where: Path) -> None:
+    """Warn once when a training that had learned something falls to a Jaccard loss of ~1 and stays there.
+
+    There the network scores every voxel background and the loss's gradient vanishes with the foreground
+    probabilities (benchmarks/NOTES.md): the rest of the budget is wasted unless the lr is lowered.
+    """
+    if len(history) < 2 or history[-1]["train_loss"] < DEAD_LOSS or history[-2]["train_loss"] < DEAD_LOSS:
+        return
+    if len(history) > 2 and history[-3]["train_loss"] >= DEAD_LOSS:
+        return
+    if min(row["train_loss"] for row in history) < 0.99:
+        log.warning(
+            "%s: the training loss fell to %.4f and is back at 1 since epoch %d: the network predicts no "
+            "foreground anywhere, where the Jaccard loss has no gradient left; restart with a lower train.lr",
+            where,
+            min(row["train_loss"] for row in history),
+            history[-2]["epoch"],
+        )
+
+
 def train(req: TrainRequest, ctx: DistContext | None = None) -> dict[str, Any]:
     """Train (or resume, or reuse when final with identical settings) one fold; returns a short summary."""
     ctx = ctx or init_distributed()
@@ -226,6 +249,7 @@ def train(req: TrainRequest, ctx: DistContext | None = None) -> dict[str, Any]:
             log_name=TRAINING_LOG,
             checked=("train_loss",),
             describe=_describe_row,
+            after_epoch=lambda history: warn_if_stuck_at_no_foreground(history, out),
         )
         if ctx.is_main:
             save_checkpoint(
