@@ -54,6 +54,8 @@ def plot_dice_boxes(task_dir: str | os.PathLike, out: str | os.PathLike, title: 
     if len(labels) > 1:
         mean = table.groupby(["model", "fold", "case"], as_index=False, sort=False)["dice"].mean()
         panels.append(("mean over labels", mean))
+    lowest = np.nanmin(table["dice"].to_numpy()) if table["dice"].notna().any() else 0.0
+    bottom = max(0.0, np.floor(10 * lowest - 0.5) / 10)  # the cases' range, not 0-1: close Dice stay apart
     fig = style.figure(max(3.2, 0.9 * len(models) + 1.4) * len(panels), 4.6)
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True, squeeze=False)).ravel()
     rng = np.random.default_rng(0)
@@ -81,7 +83,7 @@ def plot_dice_boxes(task_dir: str | os.PathLike, out: str | os.PathLike, title: 
             ha="right",
         )
         ax.set_title(name)
-        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylim(bottom - 0.02, 1.02)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("Dice per validation case")
     fig.suptitle(title or "per-case Dice, all folds", fontsize=13)
