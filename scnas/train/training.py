@@ -192,12 +192,13 @@ def warn_if_stuck_at_no_foreground(history: list[dict[str, Any]], where: Path) -
         return
     if len(history) > 2 and history[-3]["train_loss"] >= DEAD_LOSS:
         return
-    if min(row["train_loss"] for row in history) < 0.99:
+    lowest = min(row["train_loss"] for row in history)
+    if lowest < 0.99:
         log.warning(
             "%s: the training loss fell to %.4f and is back at 1 since epoch %d: the network predicts no "
-            "foreground anywhere, where the Jaccard loss has no gradient left; restart with a lower train.lr",
+            "foreground anywhere, where the Jaccard loss has no gradient left; rerun with a lower train.lr",
             where,
-            min(row["train_loss"] for row in history),
+            lowest,
             history[-2]["epoch"],
         )
 
